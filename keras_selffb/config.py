@@ -1,0 +1,123 @@
+"""`TrainConfig`: the typed, frozen settings of a `keras-selffb train` run.
+
+The CLI and YAML files fill it; library code below the pipeline takes plain
+keyword arguments. Unknown keys and wrong types are refused with a message
+that names them.
+"""
+
+import dataclasses
+import os
+import typing
+
+import yaml
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Settings of a training run; every field can be set in the YAML file.
+
+    Args:
+        name: str. Run name; outputs go to `runs/<name>/` unless `output` is set.
+        output: str or None. Run directory. Defaults to `runs/<name>`.
+        language: str. Embedded corpus language, `"en"` or `"zh"`.
+        data: str or None. A .txt/.jsonl/.tsv file used instead of the corpus.
+        tokenizer: str. `"char"` (lossless, exportable with core TF) or
+            `"wordpiece"`.
+        vocabulary_size: int or None. Cap on the vocabulary (None: every
+            character for `char`, 8000 for `wordpiece`).
+        prompt_length: int. Prompt columns incl. BOS and SEP; longer prompts
+            keep their last tokens (with a warning).
+        response_length: int. Response columns incl. EOS; longer responses
+            are cut (with a warning).
+        embedding_dim, hidden_dim, num_layers, dropout: policy size.
+        batch_size: int. Global batch size.
+        epochs: int. MLE epochs.
+        learning_rate: float. Adam learning rate.
+        seed: int. Seeds the split, the weights, shuffling and sampling.
+        validation_fraction, test_fraction: float. Split by prompt.
+        num_samples: int. Validation prompts shown with replies at the end.
+        sampler: str. Sampler for the sample replies.
+    """
+
+    name: str = "default"
+    output: str | None = None
+    language: str = "en"
+    data: str | None = None
+    tokenizer: str = "char"
+    vocabulary_size: int | None = None
+    prompt_length: int = 48
+    response_length: int = 80
+    embedding_dim: int = 64
+    hidden_dim: int = 256
+    num_layers: int = 1
+    dropout: float = 0.1
+    batch_size: int = 32
+    epochs: int = 8
+    learning_rate: float = 3e-3
+    seed: int = 0
+    validation_fraction: float = 0.1
+    test_fraction: float = 0.1
+    num_samples: int = 5
+    sampler: str = "greedy"
+
+    @property
+    def run_dir(self):
+        return self.output or os.path.join("runs", self.name)
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            expected = _base_types(field.type)
+            if value is None and type(None) in expected:
+                continue
+            if isinstance(value, bool) and bool not in expected:
+                raise ValueError(f"Config field {field.name!r} must be {field.type}, got {value!r}.")
+            if float in expected and isinstance(value, int):
+                object.__setattr__(self, field.name, float(value))
+                continue
+            if not isinstance(value, expected):
+                raise ValueError(
+                    f"Config field {field.name!r} must be {field.type}, got "
+                    f"{value!r} ({type(value).__name__})."
+                )
+        positive = ("prompt_length", "response_length", "embedding_dim", "hidden_dim",
+                    "num_layers", "batch_size", "epochs")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"Config field {name!r} must be >= 1, got {getattr(self, name)}.")
+        if self.language not in ("en", "zh"):
+            raise ValueError(f"Config field 'language' must be 'en' or 'zh', got {self.language!r}.")
+        if self.tokenizer not in ("char", "wordpiece"):
+            raise ValueError(f"Config field 'tokenizer' must be 'char' or 'wordpiece', got {self.tokenizer!r}.")
+        if self.learning_rate <= 0:
+            raise ValueError(f"Config field 'learning_rate' must be > 0, got {self.learning_rate}.")
+
+    @classmethod
+    def from_yaml(cls, path, **overrides):
+        """Reads a YAML mapping of field names; `overrides` win over the file."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                values = yaml.safe_load(f) or {}
+        except FileNotFoundError:
+            raise FileNotFoundError(f"Config file not found: {path}") from None
+        except yaml.YAMLError as e:
+            raise ValueError(f"Config file {path} is not valid YAML: {e}") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"Config file {path} must hold a mapping of settings, not {type(values).__name__}.")
+        return cls.from_dict({**values, **overrides}, source=path)
+
+    @classmethod
+    def from_dict(cls, values, source="config"):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown setting(s) {unknown}; valid settings are {sorted(known)}.")
+        return cls(**values)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+def _base_types(annotation):
+    """`str | None` -> `(str, NoneType)`; `int` -> `(int,)`."""
+    return typing.get_args(annotation) or (annotation,)

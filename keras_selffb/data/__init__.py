@@ -1,0 +1,10 @@
+"""Data: file loaders and the embedded dialogue corpus."""
+
+from keras_selffb.data.loaders import (
+    load_chatterbot,
+    load_jsonl,
+    load_pairs,
+    load_text,
+    load_tsv,
+    split_pairs,
+)

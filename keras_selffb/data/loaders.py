@@ -1,0 +1,189 @@
+"""Loaders: text, JSONL and TSV files and the embedded dialogue corpus.
+
+Every loader returns a list of `(prompt, response)` string pairs.
+
+- Plain text: one example per line; a line with a tab is `prompt<TAB>response`,
+  a line without one is a response with an empty prompt (plain language
+  modelling). Blank lines are skipped.
+- JSONL: one object per line with `prompt`/`response` or `source`/`target`.
+- TSV: `prompt<TAB>response` per line; a header line `prompt<TAB>response`
+  (or `source<TAB>target`) is skipped.
+- The embedded corpus: consecutive turns of the `chatterbot-corpus`
+  conversations (BSD licence, installed from PyPI) as (context, response).
+"""
+
+import glob
+import json
+import os
+
+import numpy as np
+
+JSONL_FIELDS = (("prompt", "response"), ("source", "target"))
+CORPUS_LANGUAGES = {"en": "english", "zh": "chinese"}
+
+
+def _read_lines(path):
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"Data file not found: {path}")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"Expected a data file, got a directory: {path}")
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ValueError(
+            f"{path} is not UTF-8 text: invalid byte 0x{raw[e.start]:02x} on line "
+            f"{line} (byte offset {e.start}). Re-save the file as UTF-8."
+        ) from None
+    return text.splitlines()
+
+
+def _require_examples(pairs, path):
+    if not pairs:
+        raise ValueError(f"{path} holds no examples: the dataset is empty.")
+    return pairs
+
+
+def load_text(path):
+    """Loads a plain text file: one example per line (see module docstring)."""
+    pairs = []
+    for line in _read_lines(path):
+        if not line.strip():
+            continue
+        if "\t" in line:
+            prompt, response = line.split("\t", 1)
+            pairs.append((prompt.strip(), response.strip()))
+        else:
+            pairs.append(("", line.strip()))
+    return _require_examples(pairs, path)
+
+
+def load_jsonl(path):
+    """Loads JSON lines with `prompt`/`response` or `source`/`target` fields."""
+    pairs = []
+    for number, line in enumerate(_read_lines(path), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}, line {number}: not valid JSON ({e.msg}).") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}, line {number}: expected a JSON object, got {type(record).__name__}.")
+        for prompt_key, response_key in JSONL_FIELDS:
+            if prompt_key in record and response_key in record:
+                break
+        else:
+            raise ValueError(
+                f"{path}, line {number}: missing fields; each line needs "
+                f"'prompt' and 'response' (or 'source' and 'target'), found "
+                f"{sorted(record)}."
+            )
+        prompt, response = record[prompt_key], record[response_key]
+        if not isinstance(prompt, str) or not isinstance(response, str):
+            raise ValueError(f"{path}, line {number}: '{prompt_key}' and '{response_key}' must be strings.")
+        pairs.append((prompt, response))
+    return _require_examples(pairs, path)
+
+
+def load_tsv(path):
+    """Loads `prompt<TAB>response` lines; an optional header is skipped."""
+    pairs = []
+    for number, line in enumerate(_read_lines(path), start=1):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) != 2:
+            raise ValueError(
+                f"{path}, line {number}: expected 2 tab-separated fields "
+                f"(prompt, response), found {len(fields)}."
+            )
+        if number == 1 and tuple(f.strip().lower() for f in fields) in JSONL_FIELDS:
+            continue
+        pairs.append((fields[0].strip(), fields[1].strip()))
+    return _require_examples(pairs, path)
+
+
+_LOADERS = {".txt": load_text, ".jsonl": load_jsonl, ".json": load_jsonl, ".tsv": load_tsv}
+
+
+def load_pairs(path):
+    """Loads a data file, choosing the format by extension (.txt/.jsonl/.tsv)."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in _LOADERS:
+        raise ValueError(
+            f"Cannot tell the format of {path}: use one of the extensions {sorted(_LOADERS)}."
+        )
+    return _LOADERS[ext](path)
+
+
+def _corpus_dir(language):
+    if language not in CORPUS_LANGUAGES:
+        raise ValueError(f"Unknown corpus language {language!r}; choose one of {sorted(CORPUS_LANGUAGES)}.")
+    try:
+        import chatterbot_corpus
+    except ImportError:
+        raise ImportError(
+            "The embedded dialogue corpus needs the 'chatterbot-corpus' package: "
+            "pip install chatterbot-corpus"
+        ) from None
+    return os.path.join(os.path.dirname(chatterbot_corpus.__file__), "data", CORPUS_LANGUAGES[language])
+
+
+def load_chatterbot(language="en"):
+    """(context, response) pairs from the chatterbot-corpus conversations.
+
+    Each conversation `[t0, t1, t2, ...]` gives `(t0, t1), (t1, t2), ...`.
+    Files are read in sorted order, so the list is the same on every machine.
+
+    Args:
+        language: str. `"en"` (English) or `"zh"` (Simplified Chinese).
+            Defaults to `"en"`.
+    """
+    import yaml
+
+    pairs = []
+    for path in sorted(glob.glob(os.path.join(_corpus_dir(language), "*.yml"))):
+        with open(path, encoding="utf-8") as f:
+            document = yaml.safe_load(f) or {}
+        for conversation in document.get("conversations", []):
+            turns = [str(t).strip() for t in conversation if t is not None and str(t).strip()]
+            pairs.extend(zip(turns[:-1], turns[1:]))
+    return _require_examples(pairs, f"chatterbot-corpus ({language})")
+
+
+def split_pairs(pairs, seed=0, validation_fraction=0.1, test_fraction=0.1):
+    """Splits pairs into train/validation/test, deterministically by `seed`.
+
+    Pairs sharing a prompt go to the same split, so validation and test
+    prompts are never seen in training.
+
+    Returns:
+        `(train, validation, test)` lists of pairs.
+    """
+    if not pairs:
+        raise ValueError("Cannot split an empty dataset.")
+    if validation_fraction < 0 or test_fraction < 0 or validation_fraction + test_fraction >= 1:
+        raise ValueError(
+            "validation_fraction and test_fraction must be >= 0 and sum to less "
+            f"than 1; got {validation_fraction} and {test_fraction}."
+        )
+    prompts = sorted({p for p, _ in pairs})
+    order = np.random.default_rng(seed).permutation(len(prompts))
+    n_val = int(round(len(prompts) * validation_fraction))
+    n_test = int(round(len(prompts) * test_fraction))
+    val_prompts = {prompts[i] for i in order[:n_val]}
+    test_prompts = {prompts[i] for i in order[n_val : n_val + n_test]}
+    train, validation, test = [], [], []
+    for pair in pairs:
+        if pair[0] in val_prompts:
+            validation.append(pair)
+        elif pair[0] in test_prompts:
+            test.append(pair)
+        else:
+            train.append(pair)
+    if not train:
+        raise ValueError("The split left no training examples; lower the validation/test fractions.")
+    return train, validation, test

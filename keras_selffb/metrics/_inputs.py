@@ -1,0 +1,149 @@
+"""Input checks and conversions shared by the metric functions.
+
+Errors about dtypes, ranks and batch sizes are raised here, in Python at
+trace time, so a user sees one clear message instead of a TensorFlow stack.
+Token ids are "compacted" (valid tokens moved to the front, order kept) so
+every kernel only needs a length per row, whatever the padding side.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from keras_selffb.text import segmentation
+
+
+def id_batch(ids, name="ids"):
+    """Convert token ids to an int tensor `[B, T]`, rejecting other dtypes.
+
+    Args:
+        ids: int array-like or tensor `[B, T]`.
+        name: str. The argument name used in error messages.
+    """
+    if isinstance(ids, tf.RaggedTensor):
+        raise TypeError(f"`{name}` must be dense; call `.to_tensor()` first.")
+    ids = tf.convert_to_tensor(ids)
+    if not ids.dtype.is_integer:
+        hint = " Use the string functions for text." if ids.dtype == tf.string else ""
+        raise TypeError(
+            f"`{name}` must hold integer token ids, got dtype {ids.dtype.name}."
+            + hint
+        )
+    if ids.shape.rank != 2:
+        raise ValueError(f"`{name}` must have shape [batch, length], got {ids.shape}.")
+    return tf.cast(ids, tf.int64)
+
+
+def check_batch(first, second, names):
+    """Raise ValueError (static) or add an assert (dynamic) on batch sizes.
+
+    Args:
+        first: tensor whose dimension 0 is the batch.
+        second: tensor whose dimension 0 is the batch.
+        names: (str, str). Argument names for the message.
+
+    Returns:
+        A list of assertion ops (empty when the check was static).
+    """
+    a, b = first.shape[0], second.shape[0]
+    message = f"`{names[0]}` and `{names[1]}` must have the same batch size"
+    if a is not None and b is not None:
+        if a != b:
+            raise ValueError(f"{message}, got {a} and {b}.")
+        return []
+    return [tf.debugging.assert_equal(tf.shape(first)[0], tf.shape(second)[0],
+                                      message=message)]
+
+
+def compact(ids, mask=None, pad_id=0):
+    """Move valid tokens to the front of each row; return `(ids, lengths)`.
+
+    Args:
+        ids: int64 tensor `[B, T]`.
+        mask: optional bool/int tensor `[B, T]`; defaults to `ids != pad_id`.
+        pad_id: int. Padding id used when `mask` is None. Defaults to `0`.
+    """
+    if mask is None:
+        mask = tf.not_equal(ids, tf.cast(pad_id, ids.dtype))
+    else:
+        mask = tf.cast(mask, tf.bool)
+        mask.shape.assert_is_compatible_with(ids.shape)
+    order = tf.argsort(tf.cast(tf.logical_not(mask), tf.int32), axis=1,
+                       stable=True)
+    ids = tf.gather(ids, order, batch_dims=1)
+    lengths = tf.reduce_sum(tf.cast(mask, tf.int32), axis=1)
+    valid = tf.sequence_mask(lengths, tf.shape(ids)[1])
+    return tf.where(valid, ids, tf.zeros_like(ids)), lengths
+
+
+def text_ids(texts, tokenize, name):
+    """Segment strings and hash the tokens; return `(ids [B, T], lengths)`.
+
+    Args:
+        texts: strings, see `segmentation.as_string_batch`.
+        tokenize: str or callable. A segmentation method.
+        name: str. The argument name used in error messages.
+    """
+    texts = segmentation.as_string_batch(texts, name)
+    tokens = segmentation.get_segmenter(tokenize)(texts)
+    ids = segmentation.hash_tokens(tokens)
+    return ids.to_tensor(0), tf.cast(ids.row_lengths(), tf.int32)
+
+
+def text_pair_ids(references, hypotheses, tokenize, preprocess=None):
+    """Check and convert a batch of (reference, hypothesis) strings to ids.
+
+    Args:
+        references: strings `[B]`.
+        hypotheses: strings `[B]`.
+        tokenize: str or callable. A segmentation method.
+        preprocess: optional callable applied to both string tensors first.
+
+    Returns:
+        `(ref_ids, ref_len, hyp_ids, hyp_len)`.
+    """
+    segmentation.get_segmenter(tokenize)  # unknown names fail first
+    refs = segmentation.as_string_batch(references, "references")
+    hyps = segmentation.as_string_batch(hypotheses, "hypotheses")
+    checks = check_batch(refs, hyps, ("references", "hypotheses"))
+    with tf.control_dependencies(checks):
+        refs, hyps = tf.identity(refs), tf.identity(hyps)
+    if preprocess is not None:
+        refs, hyps = preprocess(refs), preprocess(hyps)
+    ref_ids, ref_len = text_ids(refs, tokenize, "references")
+    hyp_ids, hyp_len = text_ids(hyps, tokenize, "hypotheses")
+    return ref_ids, ref_len, hyp_ids, hyp_len
+
+
+def id_pair(ref_ids, hyp_ids, ref_mask, hyp_mask, pad_id):
+    """Check and compact a batch of (reference, hypothesis) token ids.
+
+    Args:
+        ref_ids: int tensor `[B, Tr]`.
+        hyp_ids: int tensor `[B, Th]`.
+        ref_mask: optional mask `[B, Tr]`.
+        hyp_mask: optional mask `[B, Th]`.
+        pad_id: int. Padding id used where a mask is None.
+
+    Returns:
+        `(ref_ids, ref_len, hyp_ids, hyp_len)`.
+    """
+    ref_ids = id_batch(ref_ids, "ref_ids")
+    hyp_ids = id_batch(hyp_ids, "hyp_ids")
+    checks = check_batch(ref_ids, hyp_ids, ("ref_ids", "hyp_ids"))
+    with tf.control_dependencies(checks):
+        ref_ids, hyp_ids = tf.identity(ref_ids), tf.identity(hyp_ids)
+    ref_ids, ref_len = compact(ref_ids, ref_mask, pad_id)
+    hyp_ids, hyp_len = compact(hyp_ids, hyp_mask, pad_id)
+    return ref_ids, ref_len, hyp_ids, hyp_len
+
+
+def is_text(values):
+    """Whether `values` are strings (str, list of str, `tf.string` tensor)."""
+    if isinstance(values, (str, bytes)):
+        return True
+    if isinstance(values, (list, tuple)):
+        return bool(values) and isinstance(values[0], (str, bytes))
+    dtype = getattr(values, "dtype", None)
+    if isinstance(dtype, np.dtype):
+        return dtype.kind in "SUO"
+    return tf.is_tensor(values) and values.dtype == tf.string

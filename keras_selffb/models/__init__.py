@@ -1,0 +1,13 @@
+"""Models: the `PolicyNetwork` language model, the `LLMEncoder`, generation."""
+
+from keras_selffb.models.generation import (
+    SAMPLERS,
+    ResponseGenerator,
+    generate,
+    generate_ids,
+    get_sampler,
+    special_token_bias,
+    truncate_after_eos,
+)
+from keras_selffb.models.llm_encoder import LLMEncoder
+from keras_selffb.models.policy_network import PolicyNetwork

@@ -1,0 +1,38 @@
+"""Test configuration shared by the whole suite.
+
+Two logical CPU devices are configured here, at import time, because
+TensorFlow only accepts a device configuration before it initialises; the
+MirroredStrategy tests need them and every other test simply runs on the
+first one.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import tensorflow as tf  # noqa: E402
+
+_cpus = tf.config.list_physical_devices("CPU")
+try:
+    tf.config.set_logical_device_configuration(
+        _cpus[0],
+        [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()],
+    )
+except RuntimeError:  # already initialised by a plugin: strategy tests skip
+    pass
+
+import keras  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything():
+    """Every test starts from the same global seed."""
+    keras.utils.set_random_seed(1234)
+    yield
+
+
+def cpu_devices():
+    """The logical CPU devices available to strategy tests."""
+    return [d.name for d in tf.config.list_logical_devices("CPU")]
