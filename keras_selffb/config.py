@@ -31,7 +31,9 @@ class TrainConfig:
             are cut (with a warning).
         embedding_dim, hidden_dim, num_layers, dropout: policy size.
         batch_size: int. Global batch size.
-        epochs: int. MLE epochs.
+        epochs: int. Most MLE epochs.
+        patience: int. Stop MLE after this many epochs without a better
+            validation perplexity, keeping the best epoch's weights.
         learning_rate: float. Adam learning rate.
         seed: int. Seeds the split, the weights, shuffling and sampling.
         validation_fraction, test_fraction: float. Split by prompt.
@@ -52,7 +54,8 @@ class TrainConfig:
     num_layers: int = 1
     dropout: float = 0.1
     batch_size: int = 32
-    epochs: int = 8
+    epochs: int = 6
+    patience: int = 2
     learning_rate: float = 3e-3
     seed: int = 0
     validation_fraction: float = 0.1
@@ -81,7 +84,7 @@ class TrainConfig:
                     f"{value!r} ({type(value).__name__})."
                 )
         positive = ("prompt_length", "response_length", "embedding_dim", "hidden_dim",
-                    "num_layers", "batch_size", "epochs")
+                    "num_layers", "batch_size", "epochs", "patience")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"Config field {name!r} must be >= 1, got {getattr(self, name)}.")

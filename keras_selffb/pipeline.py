@@ -66,14 +66,20 @@ def train_mle(config, train_packed, validation_packed, vocab_size, verbose=None)
     )
     trainer = MLETrainer(policy, prompt_length=config.prompt_length)
     trainer.build((None, config.prompt_length + config.response_length))
-    # XLA: the LSTM's per-timestep loop is ~30% faster compiled on CPU.
+    # No XLA: measured here, jit_compile=True made the masked-LSTM step
+    # about 1.4-2x slower on CPU (0.64-0.91 s vs 1.28 s per batch of 32).
     trainer.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate, clipnorm=1.0), jit_compile=True
+        optimizer=keras.optimizers.Adam(config.learning_rate, clipnorm=1.0), jit_compile=False
     )
     callbacks = [
         keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup")),
         keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv")),
         keras.callbacks.TensorBoard(os.path.join(run_dir, "logs")),
+        # The corpus is small and validation prompts are unseen: keep the
+        # epoch with the best validation perplexity.
+        keras.callbacks.EarlyStopping(
+            "val_perplexity", mode="min", patience=config.patience, restore_best_weights=True
+        ),
     ]
     start = time.perf_counter()
     history = trainer.fit(

@@ -25,14 +25,13 @@ _FULL = (1 << _BITS) - 1
 
 def _shift_words(x, step):
     """Shift `[B, W]` towards higher word indices by `step`, filling False."""
-    width = x.shape[1]
-    if width is None or not isinstance(step, int):
-        width = tf.shape(x)[1]
-        step = tf.minimum(step, width)
-    else:
-        step = min(step, width)
-    filler = tf.zeros_like(x[:, :step])
-    return tf.concat([filler, x[:, : width - step]], axis=1)
+    if isinstance(step, int) and x.shape[1] is not None:
+        step = min(step, x.shape[1])
+        filler = tf.zeros_like(x[:, :step])
+        return tf.concat([filler, x[:, : x.shape[1] - step]], axis=1)
+    source = tf.range(tf.shape(x)[1]) - step  # dynamic: shape-stable gather
+    shifted = tf.gather(x, tf.maximum(source, 0), axis=1)
+    return tf.logical_and(shifted, (source >= 0)[None, :])
 
 
 def _carry_in(generate, propagate, num_words):
@@ -74,18 +73,8 @@ def _match_masks(ref, ref_len, hyp, num_words):
     return tf.gather(table, ranks[:, :hyp_width], batch_dims=1)
 
 
-def lcs_length(ref, ref_len, hyp, hyp_len):
-    """LCS length of each row pair of compacted token ids.
-
-    Args:
-        ref: int64 tensor `[B, Tr]`, valid tokens first.
-        ref_len: int32 tensor `[B]`, valid reference tokens per row.
-        hyp: int64 tensor `[B, Th]`, valid tokens first.
-        hyp_len: int32 tensor `[B]`, valid hypothesis tokens per row.
-
-    Returns:
-        int32 tensor `[B]`.
-    """
+def _lcs_length(ref, ref_len, hyp, hyp_len):
+    """The bit-parallel LCS kernel (see `lcs_length`)."""
     ref_width = ref.shape[1]
     if ref_width is not None:
         num_words = max(1, -(-ref_width // _BITS))
@@ -115,3 +104,27 @@ def lcs_length(ref, ref_len, hyp, hyp_len):
                          (tf.constant(0), v0))
     ones = tf.reduce_sum(tf.cast(tf.raw_ops.PopulationCount(x=v), tf.int32), -1)
     return num_words * _BITS - ones
+
+
+_lcs_length_eager = tf.function(_lcs_length, reduce_retracing=True)
+
+
+def lcs_length(ref, ref_len, hyp, hyp_len):
+    """LCS length of each row pair of compacted token ids.
+
+    Eager calls run one compiled graph (per-op dispatch would dominate);
+    inside a `tf.function` or XLA the ops are traced in place, with static
+    shapes where the caller has them.
+
+    Args:
+        ref: int64 tensor `[B, Tr]`, valid tokens first.
+        ref_len: int32 tensor `[B]`.
+        hyp: int64 tensor `[B, Th]`, valid tokens first.
+        hyp_len: int32 tensor `[B]`.
+
+    Returns:
+        int32 tensor `[B]`.
+    """
+    if tf.executing_eagerly():
+        return _lcs_length_eager(ref, ref_len, hyp, hyp_len)
+    return _lcs_length(ref, ref_len, hyp, hyp_len)

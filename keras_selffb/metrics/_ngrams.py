@@ -43,7 +43,7 @@ def dense_ranks(tokens):
     return _rows_sum(run, order_idx, tf.shape(tokens)[0], width)
 
 
-def ngram_counts(ref, ref_len, hyp, hyp_len, max_order):
+def _ngram_counts(ref, ref_len, hyp, hyp_len, max_order):
     """Clipped n-gram matches and n-gram totals for orders 1..max_order.
 
     Args:
@@ -100,3 +100,24 @@ def ngram_counts(ref, ref_len, hyp, hyp_len, max_order):
     hyp_totals = tf.maximum(hyp_len[:, None] - orders, 0)
     ref_totals = tf.maximum(ref_len[:, None] - orders, 0)
     return tf.stack(matches, axis=1), hyp_totals, ref_totals
+
+
+_ngram_counts_eager = tf.function(_ngram_counts, reduce_retracing=True)
+
+
+def ngram_counts(ref, ref_len, hyp, hyp_len, max_order):
+    """Clipped matches and totals, see `_ngram_counts`.
+
+    Eager calls run one compiled graph; inside a `tf.function` or XLA the
+    ops are traced in place.
+
+    Args:
+        ref: int64 tensor `[B, Tr]`, compacted.
+        ref_len: int32 tensor `[B]`.
+        hyp: int64 tensor `[B, Th]`, compacted.
+        hyp_len: int32 tensor `[B]`.
+        max_order: int. Highest n-gram order.
+    """
+    if tf.executing_eagerly():
+        return _ngram_counts_eager(ref, ref_len, hyp, hyp_len, max_order)
+    return _ngram_counts(ref, ref_len, hyp, hyp_len, max_order)

@@ -1,0 +1,34 @@
+"""Rewards: callables `reward(prompts, candidates, references) -> float32 [B]`.
+
+Overlap with the reference (`RougeLReward`, `BleuReward`), the article's
+fluency / relevance / informativeness terms and their preset sum
+(`article_reward`), weighted sums (`WeightedReward`) and host-Python
+functions (`PythonReward`). All run inside `tf.function`; see
+docs/rewards.md for ranges and which ones compile under XLA.
+"""
+
+from keras_selffb.rewards.article_reward import article_reward
+from keras_selffb.rewards.base import Reward, content_mask
+from keras_selffb.rewards.bleu_reward import BleuReward
+from keras_selffb.rewards.fluency_reward import FluencyReward
+from keras_selffb.rewards.informativeness_reward import InformativenessReward
+from keras_selffb.rewards.python_reward import PythonReward
+from keras_selffb.rewards.relevance_reward import RelevanceReward
+from keras_selffb.rewards.rouge_l_reward import RougeLReward
+from keras_selffb.rewards.serialization import REWARDS, get
+from keras_selffb.rewards.weighted_reward import WeightedReward
+
+__all__ = [
+    "REWARDS",
+    "BleuReward",
+    "FluencyReward",
+    "InformativenessReward",
+    "PythonReward",
+    "RelevanceReward",
+    "Reward",
+    "RougeLReward",
+    "WeightedReward",
+    "article_reward",
+    "content_mask",
+    "get",
+]

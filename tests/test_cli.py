@@ -1,0 +1,80 @@
+"""The `keras-selffb` command end to end on a tiny data file, and its errors."""
+
+import json
+import os
+
+import pytest
+import yaml
+
+from keras_selffb.cli import main
+
+PAIRS = [
+    ("hello", "hi there"),
+    ("how are you", "fine, thanks"),
+    ("你好", "你好！"),
+    ("what is your name", "i am a bot"),
+    ("café?", "oui, café."),
+]
+
+
+@pytest.fixture
+def data_file(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    # Each pair many times so the validation split holds prompts the model
+    # has seen answered (the split is by prompt: use distinct variants).
+    lines = []
+    for i in range(12):
+        for prompt, response in PAIRS:
+            lines.append(json.dumps({"prompt": f"{prompt} {i}", "response": response}, ensure_ascii=False))
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+@pytest.mark.slow
+def test_train_then_generate(tmp_path, data_file, capsys):
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {"embedding_dim": 16, "hidden_dim": 32, "batch_size": 8, "learning_rate": 0.01,
+             "prompt_length": 24, "response_length": 16, "num_samples": 2}
+        )
+    )
+    run = tmp_path / "run"
+    code = main(["train", "--config", str(config), "--data", str(data_file),
+                 "--output", str(run), "--epochs", "6", "--seed", "3"])
+    assert code == 0
+    for name in ("tokenizer.json", "policy.keras", "config.yaml", "metrics.json", "history.csv", "curves.png"):
+        assert (run / name).exists(), name
+    assert os.listdir(run / "logs")  # TensorBoard event files
+    report = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    mle = report["mle"]
+    assert mle["validation_perplexity"] < 0.5 * mle["validation_unigram_perplexity"]
+    assert len(report["samples"]) == 2
+    out = capsys.readouterr().out
+    assert "unigram" in out and "validation" in out
+
+    assert main(["generate", "--run", str(run), "hello 3", "你好 5"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "> hello 3" and out[2] == "> 你好 5"
+    assert main(["generate", "--run", str(run), "--sampler", "top_k", "--seed", "1", "hello"]) == 0
+    first = capsys.readouterr().out
+    assert main(["generate", "--run", str(run), "--sampler", "top_k", "--seed", "1", "hello"]) == 0
+    assert capsys.readouterr().out == first
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["train", "--data", "/nonexistent/data.jsonl", "--output", "{tmp}/r"], "Data file not found"),
+        (["train", "--config", "/nonexistent.yaml"], "Config file not found"),
+        (["train", "--config", "{tmp}/bad.yaml"], "unknown setting(s) ['epoch']"),
+        (["generate", "--run", "{tmp}/missing", "hi"], "Run directory not found"),
+        (["generate", "--run", "{tmp}", "hi"], "has no policy.keras"),
+    ],
+)
+def test_bad_input_gets_one_clear_line(tmp_path, capsys, argv, message):
+    (tmp_path / "bad.yaml").write_text("epoch: 3\n")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
