@@ -139,7 +139,8 @@ BLEU_TEXT_CASES = [
     ("the cat sat on the mat", "the cat is on the mat", (5 / 6 * 3 / 5 * 1 / 4 * 1 / 6) ** 0.25),
     ("hello world", "good morning", 0.0),  # no common word
     ("hello world", "", 0.0),  # empty candidate: brevity penalty 0
-    ("今天天气很好", "今天天气不错", (4 / 6 * 3 / 5 * 2 / 4 * 1 / 3) ** 0.25),  # per char
+    # per character: 4/6 3/5 2/4 1/3 precisions, no brevity penalty
+    ("今天天气很好", "今天天气不错", (4 / 6 * 3 / 5 * 2 / 4 * 1 / 3) ** 0.25),
 ]
 
 
@@ -234,6 +235,13 @@ def test_fluency_of_a_uniform_model_is_one_over_allowed_ids(tokenizer):
     check(rewards.FluencyReward(lm)(*batch), [1 / (tokenizer.vocabulary_size - 4)] * 2)
 
 
+def test_fluency_needs_a_static_prompt_width(policy):
+    graph = tf.function(rewards.FluencyReward(policy).__call__,
+                        input_signature=[tf.TensorSpec([None, None], tf.int32)] * 3)
+    with pytest.raises(ValueError, match="static width P"):
+        graph.get_concrete_function()
+
+
 def test_fluency_sends_no_gradient_to_the_reference(policy, tokenizer):
     batch = pack(tokenizer, ["你好"], ["今天天气很好"])
     with tf.GradientTape() as tape:
@@ -317,7 +325,8 @@ def test_informativeness_id_cases():
 
 def test_informativeness_unigrams_and_text(tokenizer):
     # n=1, target 4: [5, 5, 6] has 2 distinct of 3 unigrams, length 3/4.
-    check(rewards.InformativenessReward(n=1, target_length=4)(None, ids([[5, 5, 6, 2]]), None), [0.5])
+    unigrams = rewards.InformativenessReward(n=1, target_length=4)
+    check(unigrams(None, ids([[5, 5, 6, 2]]), None), [0.5])
     cases = [
         ("the cat sat on the mat", 0.6),  # 5/5 distinct word bigrams, 6 words of 10
         ("今天天气很好", 0.6),  # 5/5 character bigrams, 6 of 10
@@ -365,7 +374,8 @@ def test_weighted_rejects_duplicates_and_bad_items():
 
 def test_article_reward_is_the_weighted_sum_of_its_parts(policy, encoder, tokenizer):
     batch = pack(tokenizer, ["今天天气怎么样", "hello world"], ["天气很好", ""])
-    reward = rewards.article_reward(policy, encoder=encoder, tokenizer=tokenizer, weights=(1.0, 2.0, 0.5))
+    reward = rewards.article_reward(
+        policy, encoder=encoder, tokenizer=tokenizer, weights=(1.0, 2.0, 0.5))
     parts = reward.components(*batch)
     assert list(parts) == ["fluency", "relevance", "informativeness"]
     check(parts["fluency"], numpy_fluency(policy, batch[0], batch[1]))
@@ -403,36 +413,38 @@ def test_python_reward_gives_the_function_floats(tokenizer):
     check(echo(*batch), [2.0, 5.0])
 
 
-@pytest.mark.parametrize(
-    "fn, message",
-    [
-        (lambda p, c, r: [1.0], "returned 1 values for a batch of 2"),
-        (lambda p, c, r: [1.0, None], "returned None for candidate 1"),
-        (lambda p, c, r: [1.0, "x"], "non-numeric value for candidate 1"),
-        (lambda p, c, r: 3.0, "must return a sequence of 2 floats"),
-    ],
-)
-def test_python_reward_bad_outputs_raise_naming_the_reward(tokenizer, fn, message):
+PYTHON_ERROR_CASES = [
+    # (what fn returns for a batch of 2, the error message)
+    (lambda p, c, r: [1.0], "returned 1 values for a batch of 2"),  # wrong length
+    (lambda p, c, r: [1.0, None], "returned None for candidate 1"),  # never a silent NaN
+    (lambda p, c, r: [1.0, "x"], "non-numeric value for candidate 1"),  # a string
+    (lambda p, c, r: 3.0, "must return a sequence of 2 floats"),  # a scalar
+]
+
+
+def test_python_reward_bad_outputs_raise_naming_the_reward(tokenizer):
     batch = pack(tokenizer, ["你好", "hello"], ["今天天气很好", ""])
-    reward = rewards.PythonReward(fn, tokenizer, name="my_score")
-    with pytest.raises(Exception, match=f"'my_score'.*{message}"):
-        reward(*batch)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="'my_score'"):
-        tf.function(reward)(*batch)
+    for fn, message in PYTHON_ERROR_CASES:
+        reward = rewards.PythonReward(fn, tokenizer, name="my_score")
+        with pytest.raises(ValueError, match=f"'my_score'.*{message}"):
+            reward(*batch)
+    # In a graph TensorFlow re-raises it with the same message.
+    wrong_length = rewards.PythonReward(PYTHON_ERROR_CASES[0][0], tokenizer, name="my_score")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="'my_score'.*batch of 2"):
+        tf.function(wrong_length)(*batch)
 
 
 # --- Graph mode, XLA, doctests ---------------------------------------------
 
+# The id forms are compared in graph mode by the XLA test below; the
+# article preset is a WeightedReward of parts that are all listed here.
 REWARD_FACTORIES = {
     "rouge_l_text": lambda t, p, e: rewards.RougeLReward(t),
-    "rouge_l_ids": lambda t, p, e: rewards.RougeLReward(),
     "bleu_text": lambda t, p, e: rewards.BleuReward(t),
-    "bleu_ids": lambda t, p, e: rewards.BleuReward(),
     "fluency": lambda t, p, e: rewards.FluencyReward(p),
     "relevance_encoder": lambda t, p, e: rewards.RelevanceReward(e),
     "relevance_text": lambda t, p, e: rewards.RelevanceReward(tokenizer=t),
     "informativeness_text": lambda t, p, e: rewards.InformativenessReward(tokenizer=t),
-    "article": lambda t, p, e: rewards.article_reward(p, e, t),
     "python": lambda t, p, e: rewards.PythonReward(candidate_length, t),
 }
 
@@ -443,7 +455,9 @@ def test_tf_function_equals_eager(kind, tokenizer, policy, encoder):
                  ["天气很好", "the weather is good", ""],
                  ["今天天气很好", "the cat sat on the mat", "hello world"])
     reward = REWARD_FACTORIES[kind](tokenizer, policy, encoder)
-    spec = [tf.TensorSpec([None, None], tf.int32)] * 3  # unknown batch and widths
+    # Unknown batch and response widths; the prompt width P is static, as
+    # in the trainer (FluencyReward needs it to find the response logits).
+    spec = [tf.TensorSpec([None, P], tf.int32)] + [tf.TensorSpec([None, None], tf.int32)] * 2
     graph = tf.function(reward.__call__, input_signature=spec)
     values = graph(*batch)
     assert values.shape == [3]
@@ -457,7 +471,8 @@ def test_id_rewards_compile_under_xla(policy, encoder):
     reward = rewards.WeightedReward([
         (rewards.RougeLReward(), 1.0), (rewards.BleuReward(), 1.0),
         (rewards.RelevanceReward(), 1.0), (rewards.InformativenessReward(), 1.0),
-        (rewards.FluencyReward(policy), 1.0), (rewards.RelevanceReward(encoder, name="cosine"), 1.0),
+        (rewards.FluencyReward(policy), 1.0),
+        (rewards.RelevanceReward(encoder, name="cosine"), 1.0),
     ])
     compiled = tf.function(reward.components, jit_compile=True)(prompts, candidates, references)
     eager = reward.components(prompts, candidates, references)

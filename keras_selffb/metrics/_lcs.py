@@ -106,7 +106,8 @@ def _lcs_length(ref, ref_len, hyp, hyp_len):
     return num_words * _BITS - ones
 
 
-_lcs_length_eager = tf.function(_lcs_length, reduce_retracing=True)
+_lcs_length_eager = tf.function(_lcs_length, reduce_retracing=True,
+                                  autograph=False)
 
 
 def lcs_length(ref, ref_len, hyp, hyp_len):

@@ -102,7 +102,8 @@ def _ngram_counts(ref, ref_len, hyp, hyp_len, max_order):
     return tf.stack(matches, axis=1), hyp_totals, ref_totals
 
 
-_ngram_counts_eager = tf.function(_ngram_counts, reduce_retracing=True)
+_ngram_counts_eager = tf.function(_ngram_counts, reduce_retracing=True,
+                                  autograph=False)
 
 
 def ngram_counts(ref, ref_len, hyp, hyp_len, max_order):

@@ -26,6 +26,10 @@ from keras_selffb.metrics import _inputs
 from keras_selffb.metrics._ngrams import ngram_counts
 from keras_selffb.text import segmentation
 
+# Plain TF ops with no Python control flow on tensors: AutoGraph need not
+# convert them (it is slow), inside the caller's tf.function too.
+_no_autograph = tf.autograph.experimental.do_not_convert
+
 SMOOTH_DEFAULTS = {"none": None, "floor": 0.1, "add-k": 1.0, "exp": None}
 _LOG_ZERO = -9999999999.0  # sacrebleu.utils.my_log(0)
 
@@ -80,6 +84,7 @@ def _statistics(ref, ref_len, hyp, hyp_len, max_order):
     return BleuStatistics(matches, totals, hyp_len, ref_len)
 
 
+@_no_autograph
 def bleu_statistics(references, hypotheses, tokenize="13a", lowercase=False,
                     max_order=4):
     """Per-pair BLEU sufficient statistics of strings.
@@ -101,6 +106,7 @@ def bleu_statistics(references, hypotheses, tokenize="13a", lowercase=False,
     return _statistics(*ids, max_order)
 
 
+@_no_autograph
 def bleu_statistics_ids(ref_ids, hyp_ids, ref_mask=None, hyp_mask=None,
                         pad_id=0, max_order=4):
     """Per-pair BLEU sufficient statistics of token ids (XLA-compatible).
@@ -123,6 +129,7 @@ def bleu_statistics_ids(ref_ids, hyp_ids, ref_mask=None, hyp_mask=None,
     return _statistics(*ids, max_order)
 
 
+@_no_autograph
 def bleu_from_statistics(matches, totals, hyp_len, ref_len, smooth_method="exp",
                          smooth_value=None, use_effective_order=False):
     """BLEU from statistics (`sacrebleu.BLEU.compute_bleu`, vectorised).
@@ -183,6 +190,7 @@ def bleu_from_statistics(matches, totals, hyp_len, ref_len, smooth_method="exp",
     return BleuScore(score, precisions, bp, hyp_len, ref_len)
 
 
+@_no_autograph
 def corpus_bleu(references, hypotheses, tokenize="13a", smooth_method="exp",
                 smooth_value=None, max_order=4, lowercase=False,
                 use_effective_order=False):
@@ -215,6 +223,7 @@ def corpus_bleu(references, hypotheses, tokenize="13a", smooth_method="exp",
                                 use_effective_order=use_effective_order)
 
 
+@_no_autograph
 def sentence_bleu(references, hypotheses, tokenize="13a", smooth_method="exp",
                   smooth_value=None, max_order=4, lowercase=False,
                   use_effective_order=True):
@@ -241,6 +250,7 @@ def sentence_bleu(references, hypotheses, tokenize="13a", smooth_method="exp",
                                 use_effective_order=use_effective_order)
 
 
+@_no_autograph
 def sentence_bleu_ids(ref_ids, hyp_ids, ref_mask=None, hyp_mask=None, pad_id=0,
                       smooth_method="exp", smooth_value=None, max_order=4,
                       use_effective_order=True):

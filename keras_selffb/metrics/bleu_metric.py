@@ -66,6 +66,7 @@ class Bleu(keras.metrics.Metric):
         return self.add_variable(shape=shape, initializer="zeros",
                                  dtype="float64", name=name)
 
+    @tf.autograph.experimental.do_not_convert
     def update_state(self, y_true, y_pred, sample_weight=None):
         """Add a batch; `sample_weight` `[B]` scales each pair's statistics."""
         if _inputs.is_text(y_true) or _inputs.is_text(y_pred):

@@ -13,6 +13,10 @@ import tensorflow as tf
 
 from keras_selffb.metrics import _inputs
 
+# Plain TF ops with no Python control flow on tensors: AutoGraph need not
+# convert them (it is slow), inside the caller's tf.function too.
+_no_autograph = tf.autograph.experimental.do_not_convert
+
 
 def _windows(ids, lengths, n):
     """N-grams `[B, G, n]` of compacted ids and their validity `[B, G]`."""
@@ -44,6 +48,7 @@ def _count_unique(grams, valid):
     return tf.reduce_sum(tf.cast(first & valid, tf.int32), axis=-1)
 
 
+@_no_autograph
 def distinct_n(sequences, n=1, mask=None, pad_id=0, tokenize="cjk",
                per_example=False):
     """Ratio of distinct n-grams to all n-grams, over the batch or per row.

@@ -8,7 +8,12 @@ from several batches or replicas combine exactly. Matches
 
 import tensorflow as tf
 
+# Plain TF ops with no Python control flow on tensors: AutoGraph need not
+# convert them (it is slow), inside the caller's tf.function too.
+_no_autograph = tf.autograph.experimental.do_not_convert
 
+
+@_no_autograph
 def perplexity_statistics(logits, targets, mask=None, pad_id=None,
                           from_logits=True):
     """Sum of token negative log-likelihoods and number of counted tokens.
@@ -52,6 +57,7 @@ def perplexity_statistics(logits, targets, mask=None, pad_id=None,
     return tf.reduce_sum(nll * weights), tf.reduce_sum(weights)
 
 
+@_no_autograph
 def perplexity(logits, targets, mask=None, pad_id=None, from_logits=True):
     """Perplexity exp(total NLL / total tokens) of a batch.
 

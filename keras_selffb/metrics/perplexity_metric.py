@@ -42,6 +42,7 @@ class Perplexity(keras.metrics.Metric):
         self.token_count = self.add_variable(
             shape=(), initializer="zeros", dtype="float64", name="token_count")
 
+    @tf.autograph.experimental.do_not_convert
     def update_state(self, y_true, y_pred, sample_weight=None):
         """Add a batch: targets `[B, T]`, logits `[B, T, V]`, mask `[B, T]`."""
         nll, count = perplexity_statistics(

@@ -23,6 +23,10 @@ from keras_selffb.metrics import _inputs
 from keras_selffb.metrics._lcs import lcs_length
 from keras_selffb.metrics._ngrams import ngram_counts
 
+# Plain TF ops with no Python control flow on tensors: AutoGraph need not
+# convert them (it is slow), inside the caller's tf.function too.
+_no_autograph = tf.autograph.experimental.do_not_convert
+
 
 class RougeScore(collections.namedtuple("RougeScore",
                                         ["precision", "recall", "fmeasure"])):
@@ -62,6 +66,7 @@ def _ngram_score(ref, ref_len, hyp, hyp_len, n):
     return _score(matches[:, n - 1], hyp_totals[:, n - 1], ref_totals[:, n - 1])
 
 
+@_no_autograph
 def rouge_l(references, hypotheses, tokenize="rouge"):
     """ROUGE-L (LCS) precision, recall and F1 for each string pair.
 
@@ -83,6 +88,7 @@ def rouge_l(references, hypotheses, tokenize="rouge"):
     return _lcs_score(*_inputs.text_pair_ids(references, hypotheses, tokenize))
 
 
+@_no_autograph
 def rouge_n(references, hypotheses, n=1, tokenize="rouge"):
     """ROUGE-N (clipped n-gram overlap) for each string pair.
 
@@ -100,6 +106,7 @@ def rouge_n(references, hypotheses, n=1, tokenize="rouge"):
     return _ngram_score(*ids, n)
 
 
+@_no_autograph
 def rouge_l_ids(ref_ids, hyp_ids, ref_mask=None, hyp_mask=None, pad_id=0):
     """ROUGE-L for each pair of token-id rows (XLA-compatible).
 
@@ -119,6 +126,7 @@ def rouge_l_ids(ref_ids, hyp_ids, ref_mask=None, hyp_mask=None, pad_id=0):
     return _lcs_score(*ids)
 
 
+@_no_autograph
 def rouge_n_ids(ref_ids, hyp_ids, n=1, ref_mask=None, hyp_mask=None, pad_id=0):
     """ROUGE-N for each pair of token-id rows (XLA-compatible).
 

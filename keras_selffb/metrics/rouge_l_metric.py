@@ -49,6 +49,7 @@ class RougeL(keras.metrics.Metric):
         self.weight_sum = self.add_variable(
             shape=(), initializer="zeros", dtype="float64", name="weight_sum")
 
+    @tf.autograph.experimental.do_not_convert
     def update_state(self, y_true, y_pred, sample_weight=None):
         """Add a batch of pairs; `sample_weight` `[B]` weights each pair."""
         if _inputs.is_text(y_true) or _inputs.is_text(y_pred):

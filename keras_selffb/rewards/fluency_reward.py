@@ -61,6 +61,13 @@ class FluencyReward(Reward):
     def call(self, prompts, candidates, references):
         prompts = tf.cast(prompts, tf.int32)
         candidates = tf.cast(candidates, tf.int32)
+        if prompts.shape.rank != 2 or prompts.shape[1] is None:
+            raise ValueError(
+                f"FluencyReward needs prompts [B, P] with a static width P (the "
+                f"packed layout's prompt columns); got shape {prompts.shape}. Give "
+                "tf.function an input_signature with the prompt width, e.g. "
+                "tf.TensorSpec([None, P], tf.int32)."
+            )
         # Imported here: `training` comes after `rewards` in the package's
         # import order (DESIGN.md) and its __init__ imports the trainers,
         # which may import rewards; at call time both are fully loaded.

@@ -50,7 +50,8 @@ class InformativenessReward(Reward):
         super().__init__(name=name)
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"`n` must be a positive int, got {n!r}.")
-        if isinstance(target_length, bool) or not isinstance(target_length, (int, float)) or not target_length > 0:
+        number = isinstance(target_length, (int, float)) and not isinstance(target_length, bool)
+        if not number or not target_length > 0:
             raise ValueError(f"`target_length` must be a positive number, got {target_length!r}.")
         self.n = n
         self.target_length = target_length

@@ -79,7 +79,10 @@ class PythonReward(Reward):
         if isinstance(values, np.ndarray) and values.dtype.kind in "biuf":
             values = values.reshape(-1).tolist() if values.ndim <= 1 else None
             if values is None:
-                raise ValueError(f"{where} must return a flat sequence of floats, got a 2-D or higher array.")
+                raise ValueError(
+                    f"{where} must return a flat sequence of floats, got a "
+                    "2-D or higher array."
+                )
         if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
             raise ValueError(
                 f"{where} must return a sequence of {batch_size} floats, one per "
@@ -99,7 +102,8 @@ class PythonReward(Reward):
                     f"{where} returned None for candidate {i}; return a float "
                     "(use float('nan') deliberately if a value is undefined)."
                 )
-            if not isinstance(value, (numbers.Real, np.number)) or isinstance(value, np.complexfloating):
+            real = isinstance(value, (numbers.Real, np.number))
+            if not real or isinstance(value, np.complexfloating):
                 raise ValueError(
                     f"{where} returned a non-numeric value for candidate {i}: "
                     f"{value!r} ({type(value).__name__})."

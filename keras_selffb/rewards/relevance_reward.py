@@ -71,7 +71,11 @@ class RelevanceReward(Reward):
                 tokenize=self.tokenize,
             ).fmeasure
         return rouge_n_ids(
-            prompts, candidates, n=1, ref_mask=content_mask(prompts), hyp_mask=content_mask(candidates)
+            prompts,
+            candidates,
+            n=1,
+            ref_mask=content_mask(prompts),
+            hyp_mask=content_mask(candidates),
         ).fmeasure
 
     def _cosine(self, prompts, candidates):

@@ -32,8 +32,11 @@ def _weight_pairs(rewards):
                 f"{type(reward).__name__} ({reward!r}). Wrap a Python function "
                 "in PythonReward."
             )
-        if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not math.isfinite(weight):
-            raise ValueError(f"The weight of {reward.name!r} must be a finite number; got {weight!r}.")
+        number = isinstance(weight, numbers.Real) and not isinstance(weight, bool)
+        if not number or not math.isfinite(weight):
+            raise ValueError(
+                f"The weight of {reward.name!r} must be a finite number; got {weight!r}."
+            )
         checked.append((reward, float(weight)))
     names = [reward.name for reward, _ in checked]
     duplicates = sorted({name for name in names if names.count(name) > 1})
@@ -82,6 +85,10 @@ class WeightedReward(Reward):
             reward.name: reward(prompts, candidates, references) for reward, _ in self.weighted
         }
 
+    def component_names(self):
+        """The sub-rewards' names, in order."""
+        return list(self.weights)
+
     def total(self, components):
         """`sum(weight * components[name])` over the sub-rewards, `[B]`."""
         missing = [name for name in self.weights if name not in components]
@@ -89,7 +96,10 @@ class WeightedReward(Reward):
             raise KeyError(
                 f"{self.name!r} needs the components {missing}; got {sorted(components)}."
             )
-        terms = [weight * tf.cast(components[name], tf.float32) for name, weight in self.weights.items()]
+        terms = [
+            weight * tf.cast(components[name], tf.float32)
+            for name, weight in self.weights.items()
+        ]
         return tf.add_n(terms)
 
     def call(self, prompts, candidates, references):

@@ -31,6 +31,10 @@ Methods and the reference each one reproduces token for token:
 
 import tensorflow as tf
 
+# Plain TF ops with no Python control flow on tensors: AutoGraph need not
+# convert them (it is slow), inside the caller's tf.function too.
+_no_autograph = tf.autograph.experimental.do_not_convert
+
 # Python's str.isspace() code points (what str.split() and strip() use).
 _WS_NOT_SPACE = (
     r"\t\n\x0b\x0c\r\x{1c}-\x{1f}\x{85}\x{a0}\x{1680}\x{2000}-\x{200a}"
@@ -72,6 +76,7 @@ _MTEVAL_RULES = (
 )
 
 
+@_no_autograph
 def as_string_batch(texts, name="texts"):
     """Convert strings (a Python list or a tensor) to a rank-1 `tf.string`.
 
@@ -114,6 +119,7 @@ def _whitespace_split(texts):
     return tf.strings.split(texts)
 
 
+@_no_autograph
 def python_strip(texts, left=True, right=True):
     """Remove leading and/or trailing Python whitespace (`str.strip()`).
 
@@ -136,6 +142,7 @@ def _mteval_regexp(texts):
     return _whitespace_split(texts)
 
 
+@_no_autograph
 def segment_rouge(texts):
     """rouge-score's default tokenizer (no stemmer), in-graph.
 
@@ -153,6 +160,7 @@ def segment_rouge(texts):
     return tf.strings.split(texts)
 
 
+@_no_autograph
 def segment_13a(texts):
     """sacrebleu's `13a` (mteval-v13a) tokenizer, in-graph.
 
@@ -167,6 +175,7 @@ def segment_13a(texts):
     return _mteval_regexp(texts)
 
 
+@_no_autograph
 def segment_zh(texts):
     """sacrebleu's `zh` tokenizer, in-graph.
 
@@ -178,6 +187,7 @@ def segment_zh(texts):
     return _mteval_regexp(texts)
 
 
+@_no_autograph
 def segment_char(texts):
     """sacrebleu's `char` tokenizer: every non-whitespace code point.
 
@@ -188,6 +198,7 @@ def segment_char(texts):
     return tf.strings.unicode_split(texts, "UTF-8")
 
 
+@_no_autograph
 def segment_none(texts):
     """sacrebleu's `none` tokenizer: split on whitespace only.
 
@@ -197,6 +208,7 @@ def segment_none(texts):
     return _whitespace_split(texts)
 
 
+@_no_autograph
 def segment_cjk(texts):
     """CJK-aware segmentation: CJK per character, other scripts per word.
 
@@ -238,6 +250,7 @@ def get_segmenter(identifier):
     )
 
 
+@_no_autograph
 def segment(texts, method="cjk"):
     """Split a batch of strings into tokens with the named method.
 
@@ -253,6 +266,7 @@ def segment(texts, method="cjk"):
     return get_segmenter(method)(as_string_batch(texts))
 
 
+@_no_autograph
 def hash_tokens(tokens, num_buckets=2**62 - 1):
     """Map string tokens to int64 ids in `[1, num_buckets]` (0 stays padding).
 

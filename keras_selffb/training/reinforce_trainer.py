@@ -21,7 +21,6 @@ one step on N replicas equals one step on one device.
 
 import keras
 import tensorflow as tf
-from keras import ops
 
 from keras_selffb.models.generation import generate_ids, get_sampler, special_token_bias
 from keras_selffb.training.baselines import (
@@ -35,7 +34,7 @@ from keras_selffb.training.baselines import (
     zero_variance_fraction,
 )
 from keras_selffb.training.losses import global_sum, response_token_nll, split_packed
-from keras_selffb.training.trackers import RatioTracker
+from keras_selffb.training.trackers import RatioTracker, StdTracker
 
 
 def _clone_frozen(policy):
@@ -154,10 +153,13 @@ class ReinforceTrainer(keras.Model):
             aggregation="only_first_replica",
         )
         self._bias = special_token_bias(policy.vocab_size)
-        self._trackers = {}
-        for name in ("loss", "reward", "reward_sq", "advantage", "advantage_sq", "kl",
-                     "entropy", "candidate_length", "zero_variance_groups", "mle_loss"):
-            self._trackers[name] = RatioTracker(name=name)
+        # Every logged value is a metric whose state is sums, so Keras reads
+        # the exact global value at epoch end under a distribution strategy.
+        names = ["loss", "reward", "kl", "kl_coef", "entropy", "candidate_length",
+                 "zero_variance_groups"] + (["mle_loss"] if gamma < 1.0 else [])
+        self._trackers = {name: RatioTracker(name=name) for name in names}
+        self._trackers["reward_std"] = StdTracker(name="reward_std")
+        self._trackers["advantage_std"] = StdTracker(name="advantage_std")
         self._component_trackers = {
             name: RatioTracker(name=f"reward/{name}") for name in reward.component_names()
         }
@@ -280,8 +282,9 @@ class ReinforceTrainer(keras.Model):
             "entropy_sum": entropy_sum,
             "tokens": tokens,
             "mle": (mle_sum, mle_tokens),
-            "global_kl": global_sum(tf.stop_gradient(kl_sum)) / global_rows,
         }
+        if self.target_kl is not None:
+            logs["global_kl"] = global_sum(tf.stop_gradient(kl_sum)) / global_rows
         return loss, logs
 
     # -- Keras hooks ----------------------------------------------------------
@@ -291,7 +294,11 @@ class ReinforceTrainer(keras.Model):
         with tf.GradientTape() as tape:
             loss, logs = self.compute_losses(batch)
         variables = self.policy.trainable_variables
-        self.optimizer.apply(tape.gradient(loss, variables), variables)
+        # Every replica must issue its all-reduces in the same order: the
+        # KL all-reduce goes before the gradients' one, not racing it.
+        with tf.control_dependencies([logs.get("global_kl", loss)]):
+            gradients = tape.gradient(loss, variables)
+        self.optimizer.apply(gradients, variables)
         if self.target_kl is not None:
             self.kl_coef.assign(adaptive_kl_coefficient(self.kl_coef, logs["global_kl"], self.target_kl))
         return self._update_trackers(logs)
@@ -303,44 +310,21 @@ class ReinforceTrainer(keras.Model):
 
     def _update_trackers(self, logs):
         t, rows = self._trackers, logs["rows"]
-        rewards, advantages = logs["rewards"], logs["advantages"]
+        rewards = logs["rewards"]
         t["loss"].update_state(logs["loss_local"], rows)
         t["reward"].update_state(tf.reduce_sum(rewards), rows)
-        t["reward_sq"].update_state(tf.reduce_sum(tf.square(rewards)), rows)
-        t["advantage"].update_state(tf.reduce_sum(advantages), rows)
-        t["advantage_sq"].update_state(tf.reduce_sum(tf.square(advantages)), rows)
+        t["reward_std"].update_state(rewards)
+        t["advantage_std"].update_state(logs["advantages"])
         t["kl"].update_state(logs["kl_sum"], rows)
+        t["kl_coef"].update_state(self.kl_coef * rows, rows)
         t["entropy"].update_state(logs["entropy_sum"], logs["tokens"])
         t["candidate_length"].update_state(logs["tokens"], rows)
         groups = rows / self.num_samples
         t["zero_variance_groups"].update_state(
             zero_variance_fraction(rewards, self.num_samples) * groups, groups
         )
-        t["mle_loss"].update_state(*logs["mle"])
+        if "mle_loss" in t:
+            t["mle_loss"].update_state(*logs["mle"])
         for name, value in logs["components"].items():
             self._component_trackers[name].update_state(tf.reduce_sum(value), rows)
-        return self.summarize()
-
-    def summarize(self):
-        """The logged values: means over the epoch so far, stds from moments."""
-        t = self._trackers
-        result = {
-            "loss": t["loss"].result(),
-            "reward": t["reward"].result(),
-            "reward_std": _std(t["reward"].result(), t["reward_sq"].result()),
-            "advantage_std": _std(t["advantage"].result(), t["advantage_sq"].result()),
-            "kl": t["kl"].result(),
-            "kl_coef": ops.convert_to_tensor(self.kl_coef),
-            "entropy": t["entropy"].result(),
-            "candidate_length": t["candidate_length"].result(),
-            "zero_variance_groups": t["zero_variance_groups"].result(),
-        }
-        if self.gamma < 1.0:
-            result["mle_loss"] = t["mle_loss"].result()
-        for name, tracker in self._component_trackers.items():
-            result[f"reward/{name}"] = tracker.result()
-        return result
-
-
-def _std(mean, mean_sq):
-    return tf.sqrt(tf.maximum(mean_sq - tf.square(mean), 0.0))
+        return {m.name: m.result() for m in self.metrics}

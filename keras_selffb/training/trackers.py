@@ -33,3 +33,29 @@ class RatioTracker(keras.metrics.Metric):
 
     def get_config(self):
         return {**super().get_config(), "exponentiate": self.exponentiate}
+
+
+@keras.saving.register_keras_serializable(package="keras_selffb")
+class StdTracker(keras.metrics.Metric):
+    """Tracks the standard deviation of all values seen in an epoch.
+
+    State is `sum`, `sum of squares` and `count`, so replicas and batches
+    combine exactly: std = sqrt(E[x^2] - E[x]^2).
+    """
+
+    def __init__(self, name="std", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.total = self.add_variable(shape=(), initializer="zeros", name="total")
+        self.total_sq = self.add_variable(shape=(), initializer="zeros", name="total_sq")
+        self.count = self.add_variable(shape=(), initializer="zeros", name="count")
+
+    def update_state(self, values):
+        values = ops.cast(values, self.dtype)
+        self.total.assign_add(ops.sum(values))
+        self.total_sq.assign_add(ops.sum(ops.square(values)))
+        self.count.assign_add(ops.cast(ops.size(values), self.dtype))
+
+    def result(self):
+        mean = ops.divide_no_nan(self.total, self.count)
+        mean_sq = ops.divide_no_nan(self.total_sq, self.count)
+        return ops.sqrt(ops.maximum(mean_sq - ops.square(mean), 0.0))
