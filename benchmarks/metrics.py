@@ -15,8 +15,9 @@ each, hypotheses are edited copies of the references) with:
 
 Each timing is the best of `--repeats` runs after one warm-up (tracing and
 XLA compilation excluded); sacrebleu's tokenizer caches are cleared before
-every run; keras-hub runs once (it is very slow). Prints a table of pairs per second and ours/reference ratios,
-and writes a bar chart (matplotlib, Agg backend). Not part of the tests.
+every run; keras-hub runs once (it is very slow). Prints a table of pairs
+per second and ours/reference ratios, and writes a bar chart (matplotlib,
+Agg backend). Not part of the tests.
 """
 
 import argparse
@@ -103,7 +104,8 @@ def run(pairs, repeats):
     refs, hyps = make_pairs(pairs)
     ref_t, hyp_t = tf.constant(refs), tf.constant(hyps)
     vocab = {}
-    ref_ids, hyp_ids = tf.constant(to_ids(refs, vocab)), tf.constant(to_ids(hyps, vocab))
+    ref_ids = tf.constant(to_ids(refs, vocab))
+    hyp_ids = tf.constant(to_ids(hyps, vocab))
     ours_rouge = tf.function(lambda r, h: metrics.rouge_l(r, h).fmeasure)
     ours_corpus = tf.function(lambda r, h: metrics.corpus_bleu(r, h).score)
     ours_sentence = tf.function(lambda r, h: metrics.sentence_bleu(r, h).score)

@@ -83,6 +83,13 @@ def format_report(report, run_dir):
     lines.append(f"MLE: {mle['epochs']} epochs in {mle['seconds']:.0f} s; "
                  f"vocabulary {report['vocabulary_size']}")
     lines.append("")
+    lines.append(f"{'validation':<12}{'ROUGE-L':>10}{'BLEU':>10}{'perplexity':>12}")
+    for stage, scores in report["validation"].items():
+        lines.append(f"{'after ' + stage.upper():<12}{scores['rouge_l']:>10.4f}{scores['bleu']:>10.2f}"
+                     f"{scores['perplexity']:>12.3f}")
+    if "rl" in report:
+        lines.append(f"RL: {report['rl']['steps']} steps in {report['rl']['seconds']:.0f} s")
+    lines.append("")
     for sample in report["samples"]:
         lines.append(f"> {sample['prompt']}")
         lines.append(f"  reply:     {sample['reply']}")

@@ -39,6 +39,18 @@ class TrainConfig:
         validation_fraction, test_fraction: float. Split by prompt.
         num_samples: int. Validation prompts shown with replies at the end.
         sampler: str. Sampler for the sample replies.
+        rl_steps: int. Policy-gradient steps after MLE (0 skips the stage).
+        rl_reward: str. `"rouge_l"`, `"bleu"` (against the reference) or
+            `"article"` (fluency + relevance + informativeness).
+        rl_samples: int. Candidates per prompt (K).
+        rl_batch_size: int. Prompts per RL step.
+        rl_learning_rate: float. Adam learning rate of the RL stage.
+        rl_baseline: str. `"rloo"`, `"self_critical"`, `"moving_average"`
+            or `"none"`.
+        rl_kl_coef: float. KL penalty to the MLE policy (k3 estimator).
+        rl_gamma: float. Weight of the RL loss; `1 - rl_gamma` keeps MLE on
+            the references so perplexity does not blow up.
+        rl_temperature: float. Sampling temperature of the candidates.
     """
 
     name: str = "default"
@@ -62,6 +74,15 @@ class TrainConfig:
     test_fraction: float = 0.1
     num_samples: int = 5
     sampler: str = "greedy"
+    rl_steps: int = 150
+    rl_reward: str = "rouge_l"
+    rl_samples: int = 4
+    rl_batch_size: int = 16
+    rl_learning_rate: float = 3e-3
+    rl_baseline: str = "rloo"
+    rl_kl_coef: float = 0.0
+    rl_gamma: float = 0.9
+    rl_temperature: float = 1.0
 
     @property
     def run_dir(self):
@@ -84,7 +105,7 @@ class TrainConfig:
                     f"{value!r} ({type(value).__name__})."
                 )
         positive = ("prompt_length", "response_length", "embedding_dim", "hidden_dim",
-                    "num_layers", "batch_size", "epochs", "patience")
+                    "num_layers", "batch_size", "epochs", "patience", "rl_samples", "rl_batch_size")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"Config field {name!r} must be >= 1, got {getattr(self, name)}.")
@@ -92,6 +113,12 @@ class TrainConfig:
             raise ValueError(f"Config field 'language' must be 'en' or 'zh', got {self.language!r}.")
         if self.tokenizer not in ("char", "wordpiece"):
             raise ValueError(f"Config field 'tokenizer' must be 'char' or 'wordpiece', got {self.tokenizer!r}.")
+        if self.rl_reward not in ("rouge_l", "bleu", "article"):
+            raise ValueError(
+                f"Config field 'rl_reward' must be 'rouge_l', 'bleu' or 'article', got {self.rl_reward!r}."
+            )
+        if self.rl_steps < 0:
+            raise ValueError(f"Config field 'rl_steps' must be >= 0, got {self.rl_steps}.")
         if self.learning_rate <= 0:
             raise ValueError(f"Config field 'learning_rate' must be > 0, got {self.learning_rate}.")
 

@@ -36,22 +36,35 @@ def test_train_then_generate(tmp_path, data_file, capsys):
     config.write_text(
         yaml.safe_dump(
             {"embedding_dim": 16, "hidden_dim": 32, "batch_size": 8, "learning_rate": 0.01,
-             "prompt_length": 24, "response_length": 16, "num_samples": 2}
+             "prompt_length": 24, "response_length": 16, "num_samples": 2,
+             "rl_steps": 3, "rl_batch_size": 4, "rl_samples": 2, "rl_learning_rate": 1e-3}
         )
     )
     run = tmp_path / "run"
     code = main(["train", "--config", str(config), "--data", str(data_file),
                  "--output", str(run), "--epochs", "6", "--seed", "3"])
     assert code == 0
-    for name in ("tokenizer.json", "policy.keras", "config.yaml", "metrics.json", "history.csv", "curves.png"):
+    for name in ("tokenizer.json", "policy.keras", "policy_mle.keras", "config.yaml", "metrics.json",
+                 "history.csv", "curves.png", "rl_history.csv"):
         assert (run / name).exists(), name
     assert os.listdir(run / "logs")  # TensorBoard event files
     report = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
     mle = report["mle"]
     assert mle["validation_perplexity"] < 0.5 * mle["validation_unigram_perplexity"]
     assert len(report["samples"]) == 2
+    assert report["rl"]["steps"] == 3
+    for stage in ("mle", "rl"):
+        scores = report["validation"][stage]
+        assert 0.0 <= scores["rouge_l"] <= 1.0 and 0.0 <= scores["bleu"] <= 100.0
+    # The MLE-stage perplexity of the report is the one the evaluation recomputes.
+    assert report["validation"]["mle"]["perplexity"] == pytest.approx(mle["validation_perplexity"], rel=1e-3)
     out = capsys.readouterr().out
-    assert "unigram" in out and "validation" in out
+    assert "unigram" in out and "after RL" in out
+
+    # Run again: the finished MLE stage is loaded, not retrained.
+    assert main(["train", "--config", str(config), "--data", str(data_file),
+                 "--output", str(run), "--epochs", "6", "--seed", "3"]) == 0
+    assert "MLE stage already finished" in capsys.readouterr().out
 
     assert main(["generate", "--run", str(run), "hello 3", "你好 5"]) == 0
     out = capsys.readouterr().out.splitlines()

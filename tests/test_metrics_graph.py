@@ -120,6 +120,8 @@ def test_segmenter_accepts_a_callable():
      ValueError, "'add-k'"),
     (lambda: metrics.rouge_n(["a"], ["a"], n=0), ValueError, "positive"),
     (lambda: metrics.rouge_l_ids([1, 2], [1, 2]), ValueError, "[batch, length]"),
+    (lambda: metrics.rouge_l_ids([[1, 2]], [[1]], ref_mask=[[True]]), ValueError,
+     "`ref_mask`"),
     (lambda: metrics.perplexity([[1.0]], [[1]]), ValueError, "one more axis"),
     (lambda: metrics.Bleu(smooth_method="nope"), ValueError, "smooth_method"),
 ])

@@ -235,11 +235,11 @@ def test_fluency_of_a_uniform_model_is_one_over_allowed_ids(tokenizer):
     check(rewards.FluencyReward(lm)(*batch), [1 / (tokenizer.vocabulary_size - 4)] * 2)
 
 
-def test_fluency_needs_a_static_prompt_width(policy):
-    graph = tf.function(rewards.FluencyReward(policy).__call__,
-                        input_signature=[tf.TensorSpec([None, None], tf.int32)] * 3)
-    with pytest.raises(ValueError, match="static width P"):
-        graph.get_concrete_function()
+def test_fluency_with_a_dynamic_prompt_width_equals_eager(policy, tokenizer):
+    reward = rewards.FluencyReward(policy)
+    graph = tf.function(reward.__call__, input_signature=[tf.TensorSpec([None, None], tf.int32)] * 3)
+    batch = pack(tokenizer, ["你好", "hello"], ["今天天气很好", "hi"])
+    check(graph(*batch), reward(*batch).numpy())
 
 
 def test_fluency_sends_no_gradient_to_the_reference(policy, tokenizer):

@@ -5,8 +5,9 @@ Keras metrics whose state is sums, so they work in `fit`, `evaluate` and
 under `tf.distribute`. See docs/metrics.md for what each one matches.
 """
 
-from keras_selffb.metrics.bleu import BleuScore
-from keras_selffb.metrics.bleu import BleuStatistics
+from keras_selffb.metrics.bleu import SMOOTH_DEFAULTS
+from keras_selffb.metrics.bleu import BLEUScore
+from keras_selffb.metrics.bleu import BLEUStatistics
 from keras_selffb.metrics.bleu import bleu_from_statistics
 from keras_selffb.metrics.bleu import bleu_statistics
 from keras_selffb.metrics.bleu import bleu_statistics_ids
@@ -26,12 +27,13 @@ from keras_selffb.metrics.rouge import rouge_n_ids
 from keras_selffb.metrics.rouge_l_metric import RougeL
 
 __all__ = [
+    "BLEUScore",
+    "BLEUStatistics",
     "Bleu",
-    "BleuScore",
-    "BleuStatistics",
     "Perplexity",
     "RougeL",
     "RougeScore",
+    "SMOOTH_DEFAULTS",
     "bleu_from_statistics",
     "bleu_statistics",
     "bleu_statistics_ids",

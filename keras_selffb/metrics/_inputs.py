@@ -54,19 +54,22 @@ def check_batch(first, second, names):
                                       message=message)]
 
 
-def compact(ids, mask=None, pad_id=0):
+def compact(ids, mask=None, pad_id=0, name="mask"):
     """Move valid tokens to the front of each row; return `(ids, lengths)`.
 
     Args:
         ids: int64 tensor `[B, T]`.
         mask: optional bool/int tensor `[B, T]`; defaults to `ids != pad_id`.
         pad_id: int. Padding id used when `mask` is None. Defaults to `0`.
+        name: str. The mask's argument name used in error messages.
     """
     if mask is None:
         mask = tf.not_equal(ids, tf.cast(pad_id, ids.dtype))
     else:
         mask = tf.cast(mask, tf.bool)
-        mask.shape.assert_is_compatible_with(ids.shape)
+        if not mask.shape.is_compatible_with(ids.shape):
+            raise ValueError(f"`{name}` must have the shape of its ids "
+                             f"{ids.shape}, got {mask.shape}.")
     order = tf.argsort(tf.cast(tf.logical_not(mask), tf.int32), axis=1,
                        stable=True)
     ids = tf.gather(ids, order, batch_dims=1)
@@ -132,8 +135,8 @@ def id_pair(ref_ids, hyp_ids, ref_mask, hyp_mask, pad_id):
     checks = check_batch(ref_ids, hyp_ids, ("ref_ids", "hyp_ids"))
     with tf.control_dependencies(checks):
         ref_ids, hyp_ids = tf.identity(ref_ids), tf.identity(hyp_ids)
-    ref_ids, ref_len = compact(ref_ids, ref_mask, pad_id)
-    hyp_ids, hyp_len = compact(hyp_ids, hyp_mask, pad_id)
+    ref_ids, ref_len = compact(ref_ids, ref_mask, pad_id, "ref_mask")
+    hyp_ids, hyp_len = compact(hyp_ids, hyp_mask, pad_id, "hyp_mask")
     return ref_ids, ref_len, hyp_ids, hyp_len
 
 

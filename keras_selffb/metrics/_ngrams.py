@@ -2,14 +2,15 @@
 
 Each row's hypothesis and reference are laid end to end (length L). For
 order n every position gets an integer key naming its n-gram: the token id
-(which must lie in [0, 2**62)) for n = 1, then `rank_{n-1}[p] * L + rank_1[p + n - 1]`, where `rank_k` is
-the dense rank of the k-gram at p within its row (< L, so keys never
-overflow and no n-gram is hashed). Sorting a row's keys groups equal
-n-grams into runs; per run, a segment sum of +1 (hypothesis) and -1
-(reference) gives `c_h - c_r`, and the clipped overlap of rouge-score
-`_score_ngrams` / sacrebleu `_compute_segment_statistics`,
-`sum_runs min(c_h, c_r)`, is `(sum_runs (c_h + c_r) - |c_h - c_r|) / 2`. The run index is the next order's dense rank.
-Cost: one row sort per order, memory O(B * L).
+(which must lie in [0, 2**62)) for n = 1, then
+`rank_{n-1}[p] * L + rank_1[p + n - 1]`, where `rank_k` is the dense rank
+of the k-gram at p within its row (< L, so keys never overflow and no
+n-gram is hashed). Sorting a row's keys groups equal n-grams into runs; per
+run, a segment sum of +1 (hypothesis) and -1 (reference) gives
+`c_h - c_r`, and the clipped overlap of rouge-score `_score_ngrams` /
+sacrebleu `_compute_segment_statistics`, `sum_runs min(c_h, c_r)`, is
+`(sum_runs (c_h + c_r) - |c_h - c_r|) / 2`. The run index is the next
+order's dense rank. Cost: one row sort per order, memory O(B * L).
 """
 
 import tensorflow as tf

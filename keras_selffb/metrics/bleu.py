@@ -34,19 +34,19 @@ SMOOTH_DEFAULTS = {"none": None, "floor": 0.1, "add-k": 1.0, "exp": None}
 _LOG_ZERO = -9999999999.0  # sacrebleu.utils.my_log(0)
 
 
-class BleuStatistics(collections.namedtuple(
-        "BleuStatistics", ["matches", "totals", "hyp_len", "ref_len"])):
+class BLEUStatistics(collections.namedtuple(
+        "BLEUStatistics", ["matches", "totals", "hyp_len", "ref_len"])):
     """BLEU sufficient statistics: int32 `[B, N]`, `[B, N]`, `[B]`, `[B]`."""
 
     __slots__ = ()
 
     def total(self):
         """Sum over the batch axis: the statistics of the whole corpus."""
-        return BleuStatistics(*(tf.reduce_sum(x, axis=0) for x in self))
+        return BLEUStatistics(*(tf.reduce_sum(x, axis=0) for x in self))
 
 
-class BleuScore(collections.namedtuple(
-        "BleuScore", ["score", "precisions", "brevity_penalty", "hyp_len",
+class BLEUScore(collections.namedtuple(
+        "BLEUScore", ["score", "precisions", "brevity_penalty", "hyp_len",
                       "ref_len"])):
     """BLEU (0-100), n-gram precisions (0-100), brevity penalty, lengths."""
 
@@ -79,9 +79,9 @@ def _preprocess(lowercase):
 
 
 def _statistics(ref, ref_len, hyp, hyp_len, max_order):
-    """BleuStatistics from compacted ids."""
+    """BLEUStatistics from compacted ids."""
     matches, totals, _ = ngram_counts(ref, ref_len, hyp, hyp_len, max_order)
-    return BleuStatistics(matches, totals, hyp_len, ref_len)
+    return BLEUStatistics(matches, totals, hyp_len, ref_len)
 
 
 @_no_autograph
@@ -98,7 +98,7 @@ def bleu_statistics(references, hypotheses, tokenize="13a", lowercase=False,
         max_order: int. Highest n-gram order. Defaults to `4`.
 
     Returns:
-        `BleuStatistics(matches, totals, hyp_len, ref_len)`.
+        `BLEUStatistics(matches, totals, hyp_len, ref_len)`.
     """
     _check_order(max_order)
     ids = _inputs.text_pair_ids(references, hypotheses, tokenize,
@@ -112,7 +112,7 @@ def bleu_statistics_ids(ref_ids, hyp_ids, ref_mask=None, hyp_mask=None,
     """Per-pair BLEU sufficient statistics of token ids (XLA-compatible).
 
     Args:
-        ref_ids: int tensor `[B, Tr]`.
+        ref_ids: int tensor `[B, Tr]`. Ids must lie in `[0, 2**62)`.
         hyp_ids: int tensor `[B, Th]`.
         ref_mask: optional bool tensor `[B, Tr]`. Defaults to
             `ref_ids != pad_id`.
@@ -122,7 +122,7 @@ def bleu_statistics_ids(ref_ids, hyp_ids, ref_mask=None, hyp_mask=None,
         max_order: int. Highest n-gram order. Defaults to `4`.
 
     Returns:
-        `BleuStatistics(matches, totals, hyp_len, ref_len)`.
+        `BLEUStatistics(matches, totals, hyp_len, ref_len)`.
     """
     _check_order(max_order)
     ids = _inputs.id_pair(ref_ids, hyp_ids, ref_mask, hyp_mask, pad_id)
@@ -147,7 +147,7 @@ def bleu_from_statistics(matches, totals, hyp_len, ref_len, smooth_method="exp",
             total. Defaults to `False`.
 
     Returns:
-        `BleuScore` of float64 tensors (`score` has shape `[...]`).
+        `BLEUScore` of float64 tensors (`score` has shape `[...]`).
     """
     value = _check_smoothing(smooth_method, smooth_value)
     f64 = tf.float64
@@ -187,7 +187,7 @@ def bleu_from_statistics(matches, totals, hyp_len, ref_len, smooth_method="exp",
         order = tf.cast(max_order, f64)
     score = bp * tf.exp(tf.reduce_sum(logs, axis=-1) / order)
     score = tf.where(any_match, score, 0.0)
-    return BleuScore(score, precisions, bp, hyp_len, ref_len)
+    return BLEUScore(score, precisions, bp, hyp_len, ref_len)
 
 
 @_no_autograph
@@ -207,7 +207,7 @@ def corpus_bleu(references, hypotheses, tokenize="13a", smooth_method="exp",
         use_effective_order: bool. Defaults to `False` (as sacrebleu).
 
     Returns:
-        `BleuScore` with a scalar `score` on the 0-100 scale.
+        `BLEUScore` with a scalar `score` on the 0-100 scale.
 
     Example:
 
@@ -240,7 +240,7 @@ def sentence_bleu(references, hypotheses, tokenize="13a", smooth_method="exp",
         use_effective_order: bool. Defaults to `True` (as sacrebleu).
 
     Returns:
-        `BleuScore` with `score` of shape `[B]` on the 0-100 scale.
+        `BLEUScore` with `score` of shape `[B]` on the 0-100 scale.
     """
     _check_smoothing(smooth_method, smooth_value)
     stats = bleu_statistics(references, hypotheses, tokenize, lowercase,
@@ -268,7 +268,7 @@ def sentence_bleu_ids(ref_ids, hyp_ids, ref_mask=None, hyp_mask=None, pad_id=0,
         use_effective_order: bool. Defaults to `True`.
 
     Returns:
-        `BleuScore` with `score` of shape `[B]` on the 0-100 scale.
+        `BLEUScore` with `score` of shape `[B]` on the 0-100 scale.
     """
     _check_smoothing(smooth_method, smooth_value)
     stats = bleu_statistics_ids(ref_ids, hyp_ids, ref_mask, hyp_mask, pad_id,

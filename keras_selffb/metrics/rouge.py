@@ -131,7 +131,7 @@ def rouge_n_ids(ref_ids, hyp_ids, n=1, ref_mask=None, hyp_mask=None, pad_id=0):
     """ROUGE-N for each pair of token-id rows (XLA-compatible).
 
     Args:
-        ref_ids: int tensor `[B, Tr]`.
+        ref_ids: int tensor `[B, Tr]`. Ids must lie in `[0, 2**62)`.
         hyp_ids: int tensor `[B, Th]`.
         n: int. N-gram order. Defaults to `1`.
         ref_mask: optional bool tensor `[B, Tr]`. Defaults to

@@ -11,3 +11,4 @@ from keras_selffb.models.generation import (
 )
 from keras_selffb.models.llm_encoder import LLMEncoder
 from keras_selffb.models.policy_network import PolicyNetwork
+from keras_selffb.models.scoring import response_token_nll

@@ -16,6 +16,7 @@ probabilities are those of the distribution replies are sampled from.
 import tensorflow as tf
 
 from keras_selffb.models.generation import special_token_bias
+from keras_selffb.models.scoring import response_token_nll
 from keras_selffb.rewards.base import Reward
 
 
@@ -61,18 +62,8 @@ class FluencyReward(Reward):
     def call(self, prompts, candidates, references):
         prompts = tf.cast(prompts, tf.int32)
         candidates = tf.cast(candidates, tf.int32)
-        if prompts.shape.rank != 2 or prompts.shape[1] is None:
-            raise ValueError(
-                f"FluencyReward needs prompts [B, P] with a static width P (the "
-                f"packed layout's prompt columns); got shape {prompts.shape}. Give "
-                "tf.function an input_signature with the prompt width, e.g. "
-                "tf.TensorSpec([None, P], tf.int32)."
-            )
-        # Imported here: `training` comes after `rewards` in the package's
-        # import order (DESIGN.md) and its __init__ imports the trainers,
-        # which may import rewards; at call time both are fully loaded.
-        from keras_selffb.training.losses import response_token_nll
-
+        if prompts.shape.rank != 2:
+            raise ValueError(f"FluencyReward needs prompts [B, P]; got shape {prompts.shape}.")
         bias = special_token_bias(self.reference_policy.vocab_size)
         nll, mask, _ = response_token_nll(
             self.reference_policy, prompts, candidates, training=False, logit_bias=bias

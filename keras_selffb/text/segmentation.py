@@ -272,7 +272,8 @@ def hash_tokens(tokens, num_buckets=2**62 - 1):
 
     Uses `tf.strings.to_hash_bucket_fast` (FarmHash Fingerprint64), so equal
     tokens always get equal ids; two different tokens share an id with
-    probability about `1 / num_buckets`.
+    probability about `1 / num_buckets`. The metric kernels need ids below
+    `2**62`, which the default guarantees.
 
     Args:
         tokens: `tf.string` tensor or `tf.RaggedTensor` of tokens.
