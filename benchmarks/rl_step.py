@@ -83,7 +83,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--prompt-length", type=int, default=48)
     parser.add_argument("--response-length", type=int, default=80)
-    parser.add_argument("--plot", default="benchmarks/rl_step.png")
+    parser.add_argument("--plot", default="runs/rl_step_benchmark.png")
     args = parser.parse_args()
     keras.utils.set_random_seed(0)
 
@@ -127,6 +127,7 @@ def main():
     ax.set_xlabel("seconds per RL step")
     ax.legend()
     fig.tight_layout()
+    os.makedirs(os.path.dirname(args.plot) or ".", exist_ok=True)
     fig.savefig(args.plot, dpi=100)
     print(f"plot: {args.plot}")
 

@@ -36,3 +36,18 @@ def _seed_everything():
 def cpu_devices():
     """The logical CPU devices available to strategy tests."""
     return [d.name for d in tf.config.list_logical_devices("CPU")]
+
+
+_MIRRORED = []
+
+
+def mirrored_strategy():
+    """The process's one MirroredStrategy over two logical CPU devices.
+
+    Several MirroredStrategy objects in one process can collide on
+    collective instance keys and abort each other's all-reduces, so every
+    test shares this one.
+    """
+    if not _MIRRORED:
+        _MIRRORED.append(tf.distribute.MirroredStrategy(cpu_devices()[:2]))
+    return _MIRRORED[0]

@@ -13,7 +13,7 @@ from keras_selffb.models import PolicyNetwork
 from keras_selffb.rewards.base import Reward
 from keras_selffb.training import MLETrainer, ReinforceTrainer
 
-from conftest import cpu_devices
+from conftest import cpu_devices, mirrored_strategy
 
 pytestmark = pytest.mark.skipif(len(cpu_devices()) < 2, reason="needs 2 logical CPU devices")
 
@@ -47,17 +47,6 @@ def run_one_step(make_trainer, weights, strategy):
         trainer.compile(optimizer=keras.optimizers.SGD(0.5))
     history = trainer.fit(BATCH, batch_size=4, epochs=1, verbose=0, shuffle=False)
     return [w.numpy() for w in policy.weights], history.history
-
-
-_MIRRORED = []
-
-
-def mirrored_strategy():
-    """One MirroredStrategy per process: several in one process can collide
-    on collective instance keys and abort each other's all-reduces."""
-    if not _MIRRORED:
-        _MIRRORED.append(tf.distribute.MirroredStrategy(cpu_devices()[:2]))
-    return _MIRRORED[0]
 
 
 def assert_same_step(make_trainer):

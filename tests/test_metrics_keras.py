@@ -9,6 +9,7 @@ import sacrebleu
 import tensorflow as tf
 from rouge_score import rouge_scorer
 
+from conftest import mirrored_strategy
 from keras_selffb import metrics
 
 REFS = ["the cat sat on the mat", "hello world", "a b c d", "我爱北京天安门",
@@ -75,7 +76,7 @@ def test_metrics_under_mirrored_strategy_equal_one_device():
     devices = [d.name for d in tf.config.list_logical_devices("CPU")]
     if len(devices) < 2:
         pytest.skip("needs two logical CPU devices (tests/conftest.py)")
-    strategy = tf.distribute.MirroredStrategy(devices[:2])
+    strategy = mirrored_strategy()
     assert strategy.num_replicas_in_sync == 2
     targets, logits, mask = _logits_batch(0, batch=12)
     with strategy.scope():
