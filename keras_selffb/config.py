@@ -74,13 +74,13 @@ class TrainConfig:
     test_fraction: float = 0.1
     num_samples: int = 5
     sampler: str = "greedy"
-    rl_steps: int = 150
+    rl_steps: int = 100
     rl_reward: str = "rouge_l"
     rl_samples: int = 4
     rl_batch_size: int = 16
-    rl_learning_rate: float = 3e-3
+    rl_learning_rate: float = 5e-4
     rl_baseline: str = "rloo"
-    rl_kl_coef: float = 0.0
+    rl_kl_coef: float = 0.05
     rl_gamma: float = 0.9
     rl_temperature: float = 1.0
 
