@@ -89,6 +89,14 @@ def format_report(report, run_dir):
                      f"{scores['perplexity']:>12.3f}")
     if "rl" in report:
         lines.append(f"RL: {report['rl']['steps']} steps in {report['rl']['seconds']:.0f} s")
+    if "contrastive" in report:
+        stage = report["contrastive"]
+        lines.append(f"contrastive ({stage['mode']}): {stage['epochs']} epochs in {stage['seconds']:.0f} s; "
+                     "ranking of sampled validation candidates vs their ROUGE-L:")
+        for when in ("before", "after"):
+            scores = stage[when]
+            lines.append(f"  {when:<7} pair accuracy {scores['pair_accuracy']:.3f}  "
+                         f"Spearman {scores['spearman']:.3f}  top-1 ROUGE-L {scores['top1_quality']:.4f}")
     lines.append("")
     for sample in report["samples"]:
         lines.append(f"> {sample['prompt']}")

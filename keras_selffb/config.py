@@ -51,6 +51,10 @@ class TrainConfig:
         rl_gamma: float. Weight of the RL loss; `1 - rl_gamma` keeps MLE on
             the references so perplexity does not blow up.
         rl_temperature: float. Sampling temperature of the candidates.
+        contrastive_epochs: int. Epochs of the contrastive stage after RL
+            (0, the default, skips it; see docs/contrastive.md).
+        contrastive_mode: str. `"sequence_likelihood"` (trains the policy,
+            BRIO-style) or `"encoder"` (trains an `LLMEncoder` reranker).
     """
 
     name: str = "default"
@@ -83,6 +87,8 @@ class TrainConfig:
     rl_kl_coef: float = 0.05
     rl_gamma: float = 0.9
     rl_temperature: float = 1.0
+    contrastive_epochs: int = 0
+    contrastive_mode: str = "sequence_likelihood"
 
     @property
     def run_dir(self):
@@ -117,6 +123,13 @@ class TrainConfig:
             raise ValueError(
                 f"Config field 'rl_reward' must be 'rouge_l', 'bleu' or 'article', got {self.rl_reward!r}."
             )
+        if self.contrastive_mode not in ("sequence_likelihood", "encoder"):
+            raise ValueError(
+                "Config field 'contrastive_mode' must be 'sequence_likelihood' or 'encoder', "
+                f"got {self.contrastive_mode!r}."
+            )
+        if self.contrastive_epochs < 0:
+            raise ValueError(f"Config field 'contrastive_epochs' must be >= 0, got {self.contrastive_epochs}.")
         if self.rl_steps < 0:
             raise ValueError(f"Config field 'rl_steps' must be >= 0, got {self.rl_steps}.")
         if self.learning_rate <= 0:

@@ -30,7 +30,7 @@ from keras_selffb.data import load_chatterbot, load_pairs, split_pairs
 from keras_selffb.models import PolicyNetwork, ResponseGenerator
 from keras_selffb.text import load_tokenizer, make_dataset, pack_pairs, save_tokenizer, train_tokenizer
 from keras_selffb.evaluation import evaluate_policy
-from keras_selffb.training import MLETrainer, ReinforceTrainer, unigram_perplexity
+from keras_selffb.training import MLETrainer, ReinforceTrainer, run_contrastive_stage, unigram_perplexity
 
 POLICY_FILE = "policy.keras"
 MLE_POLICY_FILE = "policy_mle.keras"
@@ -148,7 +148,7 @@ def run_train(config=None, verbose=None):
 
     Stages: tokenizer -> MLE (resumable per epoch; skipped when a finished
     `policy_mle.keras` exists) -> evaluation -> RL (`rl_steps > 0`) ->
-    evaluation -> report.
+    evaluation -> contrastive (`contrastive_epochs > 0`) -> report.
     """
     config = config or TrainConfig()
     keras.utils.set_random_seed(config.seed)
@@ -201,6 +201,14 @@ def run_train(config=None, verbose=None):
             "final": {k: float(v[-1]) for k, v in rl_history.items()},
         }
         evaluation["rl"] = _scores(evaluate_policy(policy, tokenizer, validation, *lengths))
+    if config.contrastive_epochs > 0:
+        report["contrastive"] = run_contrastive_stage(
+            policy, tokenizer, train_packed, validation_packed, *lengths,
+            epochs=config.contrastive_epochs, seed=config.seed, mode=config.contrastive_mode,
+            verbose=_verbosity(verbose),
+        )
+        if config.contrastive_mode == "sequence_likelihood":  # the policy changed
+            evaluation["contrastive"] = _scores(evaluate_policy(policy, tokenizer, validation, *lengths))
     report["validation"] = evaluation
     policy.save(os.path.join(run_dir, POLICY_FILE))
 

@@ -37,7 +37,8 @@ def test_train_then_generate(tmp_path, data_file, capsys):
         yaml.safe_dump(
             {"embedding_dim": 16, "hidden_dim": 32, "batch_size": 8, "learning_rate": 0.01,
              "prompt_length": 24, "response_length": 16, "num_samples": 2,
-             "rl_steps": 3, "rl_batch_size": 4, "rl_samples": 2, "rl_learning_rate": 1e-3}
+             "rl_steps": 3, "rl_batch_size": 4, "rl_samples": 2, "rl_learning_rate": 1e-3,
+             "contrastive_epochs": 1}
         )
     )
     run = tmp_path / "run"
@@ -53,13 +54,15 @@ def test_train_then_generate(tmp_path, data_file, capsys):
     assert mle["validation_perplexity"] < 0.5 * mle["validation_unigram_perplexity"]
     assert len(report["samples"]) == 2
     assert report["rl"]["steps"] == 3
-    for stage in ("mle", "rl"):
+    assert report["contrastive"]["mode"] == "sequence_likelihood"
+    assert -1.0 <= report["contrastive"]["after"]["spearman"] <= 1.0
+    for stage in ("mle", "rl", "contrastive"):
         scores = report["validation"][stage]
         assert 0.0 <= scores["rouge_l"] <= 1.0 and 0.0 <= scores["bleu"] <= 100.0
     # The MLE-stage perplexity of the report is the one the evaluation recomputes.
     assert report["validation"]["mle"]["perplexity"] == pytest.approx(mle["validation_perplexity"], rel=1e-3)
     out = capsys.readouterr().out
-    assert "unigram" in out and "after RL" in out
+    assert "unigram" in out and "after RL" in out and "contrastive (sequence_likelihood)" in out
 
     # Run again: the finished MLE stage is loaded, not retrained.
     assert main(["train", "--config", str(config), "--data", str(data_file),

@@ -242,15 +242,16 @@ class ContrastiveTrainer(keras.Model):
             raise ValueError(
                 f"Expected {expected} candidates ({batch_size} prompts x K={k}); got {rows}."
             )
+        dynamic = tf.shape(candidates)
         checks = [
             tf.debugging.assert_positive(tf.size(candidates), message="The candidate set is empty."),
             tf.debugging.assert_equal(
-                tf.size(candidates) // tf.shape(candidates)[-1], expected,
+                tf.reduce_prod(dynamic[:-1]), expected,
                 message="Candidates must number (prompts x K), prompt-major.",
             ),
         ]
         with tf.control_dependencies(checks):
-            return tf.reshape(candidates, [-1, k, tf.shape(candidates)[-1]])
+            return tf.reshape(candidates, [-1, k, dynamic[-1]])
 
     def score(self, prompt_ids, references, candidates):
         """The ranking function's quality of candidates `[B, K, N]`: `[B, K]`, checked finite."""
