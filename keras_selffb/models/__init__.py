@@ -2,6 +2,7 @@
 
 from keras_selffb.models.generation import (
     SAMPLERS,
+    sample_candidates,
     ResponseGenerator,
     generate,
     generate_ids,

@@ -105,6 +105,19 @@ def generate_ids(policy, prompt_ids, max_new_tokens, sampler, stop_at_eos=True):
     return truncate_after_eos(output[:, prompt_length:])
 
 
+def sample_candidates(policy, prompt_ids, num_samples, max_new_tokens, sampler):
+    """K candidates per prompt, prompt-major, without gradient.
+
+    Returns:
+        `(prompts, candidates)`: the prompts repeated `[B * K, P]` and the
+        sampled responses `[B * K, N]` (the rows of prompt `b` are
+        `b * K` to `b * K + K - 1`).
+    """
+    prompts = ops.repeat(prompt_ids, num_samples, axis=0)
+    candidates = generate_ids(policy, prompts, max_new_tokens, sampler)
+    return prompts, ops.stop_gradient(candidates)
+
+
 class ResponseGenerator:
     """Strings in, strings out: tokenizes, packs, samples, detokenizes.
 

@@ -27,7 +27,7 @@ the loss), so one step on N replicas equals one step on one device.
 import keras
 import tensorflow as tf
 
-from keras_selffb.models.generation import generate_ids, get_sampler, special_token_bias
+from keras_selffb.models.generation import get_sampler, sample_candidates, special_token_bias
 from keras_selffb.rewards.rouge_l_reward import RougeLReward
 from keras_selffb.training.contrastive import (
     check_distance,
@@ -219,9 +219,10 @@ class ContrastiveTrainer(keras.Model):
 
     def sample(self, prompt_ids):
         """K candidates per prompt, `[B, K, N]` (no gradient)."""
-        prompts = tf.repeat(prompt_ids, self.num_samples, axis=0)
-        ids = generate_ids(self.policy, prompts, self.max_new_tokens, self.sampler)
-        return tf.stop_gradient(tf.reshape(ids, [-1, self.num_samples, self.max_new_tokens]))
+        _, ids = sample_candidates(
+            self.policy, prompt_ids, self.num_samples, self.max_new_tokens, self.sampler
+        )
+        return tf.reshape(ids, [-1, self.num_samples, self.max_new_tokens])
 
     def check_candidates(self, candidates, batch_size, num_samples=None):
         """Candidate ids `[B, K, N]` or prompt-major `[B * K, N]` as int32 `[B, K, N]`."""

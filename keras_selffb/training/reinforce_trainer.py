@@ -22,7 +22,12 @@ one step on N replicas equals one step on one device.
 import keras
 import tensorflow as tf
 
-from keras_selffb.models.generation import generate_ids, get_sampler, special_token_bias
+from keras_selffb.models.generation import (
+    generate_ids,
+    get_sampler,
+    sample_candidates,
+    special_token_bias,
+)
 from keras_selffb.training.baselines import (
     BASELINES,
     KL_ESTIMATORS,
@@ -178,9 +183,9 @@ class ReinforceTrainer(keras.Model):
 
     def sample(self, prompt_ids):
         """K candidates per prompt, prompt-major: `[B * K, N]` (no gradient)."""
-        prompts = tf.repeat(prompt_ids, self.num_samples, axis=0)
-        candidates = generate_ids(self.policy, prompts, self.max_new_tokens, self.sampler)
-        return prompts, tf.stop_gradient(candidates)
+        return sample_candidates(
+            self.policy, prompt_ids, self.num_samples, self.max_new_tokens, self.sampler
+        )
 
     def score(self, prompts, candidates, references):
         """Reward components (each checked finite) and their total `[B * K]`."""
