@@ -25,7 +25,7 @@ import keras  # noqa: E402
 
 from keras_selffb.data import load_chatterbot, split_pairs  # noqa: E402
 from keras_selffb.evaluation import evaluate_policy  # noqa: E402
-from keras_selffb.models import PolicyNetwork  # noqa: E402
+from keras_selffb.models import PolicyNetwork, frozen_copy  # noqa: E402
 from keras_selffb.rewards import RougeLReward, WeightedReward, article_reward  # noqa: E402
 from keras_selffb.text import CharTokenizer, make_dataset, pack_pairs  # noqa: E402
 from keras_selffb.training import MLETrainer, ReinforceTrainer  # noqa: E402
@@ -54,8 +54,7 @@ def main():
     mle.fit(make_dataset(packed, 32, shuffle=True, seed=args.seed), epochs=args.mle_epochs, verbose=2)
     before = evaluate_policy(policy, tokenizer, validation, PROMPT_LENGTH, RESPONSE_LENGTH)
 
-    reference = PolicyNetwork.from_config(policy.get_config())
-    reference.set_weights(policy.get_weights())
+    reference = frozen_copy(policy)
     reward = article_reward(reference, tokenizer=tokenizer)  # fluency + relevance + informativeness
     if args.rouge_weight > 0:
         reward = WeightedReward({reward: 1.0, RougeLReward(tokenizer): args.rouge_weight}, name="total")

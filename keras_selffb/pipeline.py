@@ -27,7 +27,7 @@ import yaml
 
 from keras_selffb.config import TrainConfig
 from keras_selffb.data import load_chatterbot, load_pairs, split_pairs
-from keras_selffb.models import PolicyNetwork, ResponseGenerator
+from keras_selffb.models import PolicyNetwork, ResponseGenerator, frozen_copy
 from keras_selffb.text import load_tokenizer, make_dataset, pack_pairs, save_tokenizer, train_tokenizer
 from keras_selffb.evaluation import evaluate_policy
 from keras_selffb.training import MLETrainer, ReinforceTrainer, run_contrastive_stage, unigram_perplexity
@@ -112,9 +112,7 @@ def make_reward(config, tokenizer, reference_policy):
 def train_rl(config, policy, tokenizer, train_packed, verbose=None):
     """Policy-gradient stage (`ReinforceTrainer`); returns `(history, seconds)`."""
     run_dir = config.run_dir
-    reference = PolicyNetwork.from_config(policy.get_config())
-    reference.set_weights(policy.get_weights())
-    reference.trainable = False
+    reference = frozen_copy(policy)
     trainer = ReinforceTrainer(
         policy,
         make_reward(config, tokenizer, reference),

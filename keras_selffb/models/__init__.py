@@ -11,5 +11,5 @@ from keras_selffb.models.generation import (
     truncate_after_eos,
 )
 from keras_selffb.models.llm_encoder import LLMEncoder
-from keras_selffb.models.policy_network import PolicyNetwork
+from keras_selffb.models.policy_network import PolicyNetwork, frozen_copy
 from keras_selffb.models.scoring import response_token_nll

@@ -7,6 +7,7 @@ a sequence's features do not depend on how much padding surrounds it.
 import keras
 from keras import ops
 
+from keras_selffb.models.checks import check_lstm_sizes
 from keras_selffb.text.tokenizer import PAD_ID
 
 POOLINGS = ("last", "mean")
@@ -48,15 +49,7 @@ class LLMEncoder(keras.Model):
         super().__init__(**kwargs)
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}; got {pooling!r}.")
-        if vocab_size < 2 or embedding_dim < 1 or hidden_dim < 1 or num_layers < 1:
-            raise ValueError(
-                "LLMEncoder needs vocab_size >= 2 and positive embedding_dim, "
-                f"hidden_dim, num_layers; got vocab_size={vocab_size}, "
-                f"embedding_dim={embedding_dim}, hidden_dim={hidden_dim}, "
-                f"num_layers={num_layers}."
-            )
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1); got {dropout}.")
+        check_lstm_sizes("LLMEncoder", vocab_size, embedding_dim, hidden_dim, num_layers, dropout)
         self.vocab_size = vocab_size
         self.embedding_dim = embedding_dim
         self.hidden_dim = hidden_dim

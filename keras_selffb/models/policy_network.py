@@ -13,6 +13,7 @@ left-padded prompt gives exactly the state of the unpadded prompt.
 import keras
 from keras import ops
 
+from keras_selffb.models.checks import check_lstm_sizes
 from keras_selffb.text.tokenizer import PAD_ID
 
 
@@ -50,15 +51,7 @@ class PolicyNetwork(keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if vocab_size < 2 or embedding_dim < 1 or hidden_dim < 1 or num_layers < 1:
-            raise ValueError(
-                "PolicyNetwork needs vocab_size >= 2 and positive embedding_dim, "
-                f"hidden_dim, num_layers; got vocab_size={vocab_size}, "
-                f"embedding_dim={embedding_dim}, hidden_dim={hidden_dim}, "
-                f"num_layers={num_layers}."
-            )
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1); got {dropout}.")
+        check_lstm_sizes("PolicyNetwork", vocab_size, embedding_dim, hidden_dim, num_layers, dropout)
         self.vocab_size = vocab_size
         self.embedding_dim = embedding_dim
         self.hidden_dim = hidden_dim
@@ -128,3 +121,11 @@ class PolicyNetwork(keras.Model):
             }
         )
         return config
+
+
+def frozen_copy(policy):
+    """A non-trainable copy of `policy` with its current weights (a reference LM)."""
+    clone = policy.__class__.from_config(policy.get_config())
+    clone.set_weights(policy.get_weights())
+    clone.trainable = False
+    return clone

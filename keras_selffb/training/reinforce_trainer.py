@@ -28,6 +28,7 @@ from keras_selffb.models.generation import (
     sample_candidates,
     special_token_bias,
 )
+from keras_selffb.models.policy_network import frozen_copy
 from keras_selffb.training.baselines import (
     BASELINES,
     KL_ESTIMATORS,
@@ -40,13 +41,6 @@ from keras_selffb.training.baselines import (
 )
 from keras_selffb.training.losses import global_sum, response_token_nll, split_packed
 from keras_selffb.training.trackers import RatioTracker, StdTracker
-
-
-def _clone_frozen(policy):
-    clone = policy.__class__.from_config(policy.get_config())
-    clone.set_weights(policy.get_weights())
-    clone.trainable = False
-    return clone
 
 
 class ReinforceTrainer(keras.Model):
@@ -140,7 +134,7 @@ class ReinforceTrainer(keras.Model):
         self.greedy_sampler = get_sampler("greedy")
         use_kl = kl_coef > 0 or target_kl is not None
         if use_kl and reference_policy is None:
-            reference_policy = _clone_frozen(policy)
+            reference_policy = frozen_copy(policy)
         self.reference_policy = reference_policy
         if reference_policy is not None:
             reference_policy.trainable = False
