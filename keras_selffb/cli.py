@@ -1,4 +1,4 @@
-"""The `keras-selffb` command: `train` and `generate`.
+"""The `keras-selffb` command: `train`, `generate` and `export`.
 
 `keras-selffb train` with no arguments trains on the embedded English
 dialogue corpus and writes `runs/default/`. Errors in the user's input
@@ -27,6 +27,13 @@ def _parser():
     train.add_argument("--output", help="run directory (overrides --name)")
     train.add_argument("--epochs", type=int, help="MLE epochs")
     train.add_argument("--seed", type=int, help="random seed")
+    train.add_argument("--rounds", type=int, help="self-feedback rounds after MLE (0: none)")
+    train.add_argument("--methods", help="adjust methods per round, comma-separated: rl,filtered,contrastive")
+    train.add_argument("--target", type=float, help="stop the rounds once the monitored metric reaches this")
+    resume = train.add_mutually_exclusive_group()
+    resume.add_argument("--resume", action="store_true",
+                        help="continue the interrupted run in --output/--name with its saved settings")
+    resume.add_argument("--fresh", action="store_true", help="delete the run directory's old run first")
 
     generate = commands.add_parser("generate", help="reply to prompts with a trained run")
     generate.add_argument("prompts", nargs="+", help="one or more prompts")
@@ -39,12 +46,18 @@ def _parser():
     generate.add_argument("--num-beams", type=int, default=4)
     generate.add_argument("--max-new-tokens", type=int, help="defaults to the run's response_length")
     generate.add_argument("--seed", type=int, default=0)
+
+    export = commands.add_parser("export", help="write a SavedModel that serves a trained run")
+    export.add_argument("--run", required=True, help="run directory written by `train`")
+    export.add_argument("--output", required=True, help="directory for the SavedModel")
+    export.add_argument("--max-new-tokens", type=int, help="defaults to the run's response_length")
+    export.add_argument("--overwrite", action="store_true", help="replace an earlier export")
     return parser
 
 
 def _train(args):
     from keras_selffb.config import TrainConfig
-    from keras_selffb.pipeline import run_train
+    from keras_selffb.pipeline import CONFIG_FILE, run_train
 
     overrides = {
         key: value
@@ -55,15 +68,24 @@ def _train(args):
             "output": args.output,
             "epochs": args.epochs,
             "seed": args.seed,
+            "feedback_rounds": args.rounds,
+            "feedback_methods": args.methods,
+            "feedback_target": args.target,
         }.items()
         if value is not None
     }
-    if args.config:
+    if args.resume:
+        run_dir = TrainConfig.from_dict({k: overrides[k] for k in ("name", "output") if k in overrides}).run_dir
+        saved = os.path.join(run_dir, CONFIG_FILE)
+        if not os.path.exists(saved):
+            raise FileNotFoundError(f"--resume: {run_dir} holds no run to resume (no {CONFIG_FILE}).")
+        config = TrainConfig.from_yaml(saved, **overrides)
+    elif args.config:
         config = TrainConfig.from_yaml(args.config, **overrides)
     else:
         config = TrainConfig.from_dict(overrides)
     print(f"keras-selffb train: writing to {config.run_dir}")
-    report = run_train(config)
+    report = run_train(config, fresh=args.fresh)
     print(format_report(report, config.run_dir))
 
 
@@ -83,12 +105,16 @@ def format_report(report, run_dir):
     lines.append(f"MLE: {mle['epochs']} epochs in {mle['seconds']:.0f} s; "
                  f"vocabulary {report['vocabulary_size']}")
     lines.append("")
-    lines.append(f"{'validation':<12}{'ROUGE-L':>10}{'BLEU':>10}{'perplexity':>12}")
+    lines.append(f"{'validation':<16}{'ROUGE-L':>10}{'BLEU':>10}{'perplexity':>12}{'reward':>10}")
     for stage, scores in report["validation"].items():
-        lines.append(f"{'after ' + stage.upper():<12}{scores['rouge_l']:>10.4f}{scores['bleu']:>10.2f}"
-                     f"{scores['perplexity']:>12.3f}")
-    if "rl" in report:
-        lines.append(f"RL: {report['rl']['steps']} steps in {report['rl']['seconds']:.0f} s")
+        label = "after MLE" if stage == "mle" else f"after {stage}"
+        reward = f"{scores['reward']:>10.4f}" if "reward" in scores else ""
+        lines.append(f"{label:<16}{scores['rouge_l']:>10.4f}{scores['bleu']:>10.2f}"
+                     f"{scores['perplexity']:>12.3f}{reward}")
+    if "feedback" in report:
+        feedback = report["feedback"]
+        lines.append(f"self-feedback: {feedback['rounds']} round(s) of {'+'.join(feedback['methods'])} "
+                     f"in {feedback['seconds']:.0f} s (per-round plot: rounds.png)")
     if "contrastive" in report:
         stage = report["contrastive"]
         lines.append(f"contrastive ({stage['mode']}): {stage['epochs']} epochs in {stage['seconds']:.0f} s; "
@@ -132,20 +158,38 @@ def _generate(args):
         print(f"> {prompt}\n{reply}")
 
 
+def _export(args):
+    from keras_selffb.export import export_generator
+    from keras_selffb.pipeline import load_run
+
+    policy, tokenizer, config = load_run(args.run)
+    path = export_generator(
+        policy,
+        tokenizer,
+        args.output,
+        config.prompt_length,
+        args.max_new_tokens or config.response_length,
+        overwrite=args.overwrite,
+    )
+    print(f"keras-selffb export: wrote {path} (signatures: generate, score; see docs/serving.md)")
+
+
 def main(argv=None):
     args = _parser().parse_args(argv)
     try:
         if args.command == "train":
             _train(args)
+        elif args.command == "export":
+            _export(args)
         else:
             _generate(args)
-    except (ValueError, FileNotFoundError, IsADirectoryError, ImportError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, ImportError) as e:
         print(f"keras-selffb {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(
             f"\nkeras-selffb {args.command}: interrupted; run the same command again to "
-            "resume from the last finished epoch.",
+            "resume from the last checkpoint.",
             file=sys.stderr,
         )
         return 130

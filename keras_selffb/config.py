@@ -39,7 +39,22 @@ class TrainConfig:
         validation_fraction, test_fraction: float. Split by prompt.
         num_samples: int. Validation prompts shown with replies at the end.
         sampler: str. Sampler for the sample replies.
-        rl_steps: int. Policy-gradient steps after MLE (0 skips the stage).
+        feedback_rounds: int. Self-feedback rounds after MLE (0 skips them;
+            see `keras_selffb.SelfFeedbackLoop`).
+        feedback_methods: str. Comma-separated adjust methods run in every
+            round, in order: `"rl"`, `"filtered"` (filtered self-training,
+            ReST/RAFT), `"contrastive"`.
+        feedback_monitor: str. Validation metric for the target:
+            `"val_rouge_l"`, `"val_bleu"`, `"val_reward"` or `"val_perplexity"`.
+        feedback_target: float or None. Stop the rounds once the monitored
+            metric reaches it.
+        filter_quantile: float. `"filtered"`: round 1 keeps candidates at or
+            above this quantile of its rewards ...
+        filter_quantile_step: float. ... and each later round raises it by
+            this much (the threshold never falls).
+        filter_epochs: int. `"filtered"`: fine-tuning epochs per round.
+        filter_learning_rate: float. `"filtered"`: Adam learning rate.
+        rl_steps: int. Policy-gradient (or contrastive) steps per round.
         rl_reward: str. `"rouge_l"`, `"bleu"` (against the reference) or
             `"article"` (fluency + relevance + informativeness).
         rl_samples: int. Candidates per prompt (K).
@@ -78,7 +93,15 @@ class TrainConfig:
     test_fraction: float = 0.1
     num_samples: int = 5
     sampler: str = "greedy"
-    rl_steps: int = 100
+    feedback_rounds: int = 3
+    feedback_methods: str = "rl"
+    feedback_monitor: str = "val_rouge_l"
+    feedback_target: float | None = None
+    filter_quantile: float = 0.5
+    filter_quantile_step: float = 0.1
+    filter_epochs: int = 1
+    filter_learning_rate: float = 1e-3
+    rl_steps: int = 35
     rl_reward: str = "rouge_l"
     rl_samples: int = 4
     rl_batch_size: int = 16
@@ -130,6 +153,29 @@ class TrainConfig:
             )
         if self.contrastive_epochs < 0:
             raise ValueError(f"Config field 'contrastive_epochs' must be >= 0, got {self.contrastive_epochs}.")
+        methods = [m.strip() for m in self.feedback_methods.split(",")]
+        bad = [m for m in methods if m not in ("rl", "filtered", "contrastive")]
+        if bad or not methods:
+            raise ValueError(
+                f"Config field 'feedback_methods' must list 'rl', 'filtered' and/or 'contrastive' "
+                f"(comma-separated), got {self.feedback_methods!r}."
+            )
+        monitors = ("val_rouge_l", "val_bleu", "val_reward", "val_perplexity")
+        if self.feedback_monitor not in monitors:
+            raise ValueError(f"Config field 'feedback_monitor' must be one of {monitors}, got {self.feedback_monitor!r}.")
+        if self.feedback_rounds < 0:
+            raise ValueError(f"Config field 'feedback_rounds' must be >= 0, got {self.feedback_rounds}.")
+        if not 0.0 <= self.filter_quantile <= 1.0 or self.filter_quantile_step < 0:
+            raise ValueError(
+                "Config fields 'filter_quantile' (in [0, 1]) and 'filter_quantile_step' (>= 0) are out "
+                f"of range: {self.filter_quantile}, {self.filter_quantile_step}."
+            )
+        if self.feedback_rounds and self.rl_steps < 1 and ({"rl", "contrastive"} & set(methods)):
+            raise ValueError(
+                f"Config field 'rl_steps' must be >= 1 for the 'rl'/'contrastive' methods, got {self.rl_steps}."
+            )
+        if self.filter_epochs < 1:
+            raise ValueError(f"Config field 'filter_epochs' must be >= 1, got {self.filter_epochs}.")
         if self.rl_steps < 0:
             raise ValueError(f"Config field 'rl_steps' must be >= 0, got {self.rl_steps}.")
         if self.learning_rate <= 0:

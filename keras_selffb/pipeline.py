@@ -1,28 +1,38 @@
-"""The `keras-selffb train` pipeline: data -> tokenizer -> MLE policy -> report.
+"""The `keras-selffb train` pipeline: data -> tokenizer -> MLE -> self-feedback rounds -> report.
 
 Everything a run produces goes to its run directory:
 
-    tokenizer.json   the trained tokenizer
-    policy_mle.keras the policy after the MLE stage (mle.json: its figures)
-    policy.keras     the final policy (after RL when `rl_steps > 0`)
-    config.yaml      the resolved settings (read back by `generate`)
-    metrics.json     perplexities, baselines, timings, sample replies
-    history.csv      MLE per-epoch losses; curves.png the same as a plot
-    rl_history.csv   RL stage logs
-    logs/            TensorBoard event files
-    backup/          the last finished epoch, while a run is in progress
+    tokenizer.json    the trained tokenizer
+    config.yaml       the resolved settings (read back by `generate`, `--resume`)
+    policy_mle.keras  the policy after MLE warm-up (mle.json: its figures)
+    policy.keras      the final policy
+    metrics.json      perplexities, per-round metrics, timings, sample replies
+    history.csv       MLE per-epoch logs; curves.png the same as a plot
+    rounds.png        validation metrics per self-feedback round
+    rl_history.csv    (and filtered_/contrastive_history.csv) per-epoch logs
+                      of each round's adjust phase
+    logs/             TensorBoard event files (mle/, rl/, rounds/ ...)
+    checkpoints/      epoch and round checkpoints (see below)
 
-A run that is killed resumes when the same command is run again: from the
-last finished MLE epoch (Keras `BackupAndRestore`), or, once MLE has
-finished, from the saved MLE policy (the RL stage then starts over).
+A run that is killed (even with SIGKILL) resumes when the same command is
+run again, from its last checkpoint: the last finished MLE epoch, or inside
+the self-feedback loop the last finished round, epoch of a round, or set of
+scored candidates. Every random draw is derived from the seed and the
+epoch/round number, so a resumed run ends with the same numbers as an
+uninterrupted one (tests/test_resume.py checks this with SIGKILL).
+Settings that differ from the run directory's `config.yaml` are refused
+rather than mixed into the old run: use `fresh=True` (`--fresh`) or
+another name.
 """
 
 import json
 import os
+import shutil
 import sys
 import time
 
 import keras
+import numpy as np
 import yaml
 
 from keras_selffb.config import TrainConfig
@@ -30,12 +40,17 @@ from keras_selffb.data import load_chatterbot, load_pairs, split_pairs
 from keras_selffb.models import PolicyNetwork, ResponseGenerator, frozen_copy
 from keras_selffb.text import load_tokenizer, make_dataset, pack_pairs, save_tokenizer, train_tokenizer
 from keras_selffb.evaluation import evaluate_policy
-from keras_selffb.training import MLETrainer, ReinforceTrainer, run_contrastive_stage, unigram_perplexity
+from keras_selffb.loop import SelfFeedbackLoop
+from keras_selffb.training import MLETrainer, run_contrastive_stage, unigram_perplexity
+from keras_selffb.training.checkpoint import epoch_order, fit_resumable
 
 POLICY_FILE = "policy.keras"
 MLE_POLICY_FILE = "policy_mle.keras"
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
+CHECKPOINT_DIR = "checkpoints"
+# Settings that change nothing a checkpoint holds: a run may resume under new values.
+_RESUME_FREE = ("name", "output", "num_samples", "sampler")
 
 
 def load_data(config):
@@ -60,7 +75,13 @@ def _verbosity(verbose):
 
 
 def train_mle(config, train_packed, validation_packed, vocab_size, verbose=None):
-    """Builds the policy and fits it by MLE; returns `(policy, history, seconds)`."""
+    """Builds the policy and fits it by MLE; returns `(policy, trainer, history, seconds)`.
+
+    Epoch by epoch through `fit_resumable` (checkpoints in
+    `checkpoints/mle/`): the data order of epoch `e` depends only on
+    `(seed, e)`, and early stopping on validation perplexity keeps the best
+    epoch's weights, across restarts too.
+    """
     run_dir = config.run_dir
     policy = PolicyNetwork(
         vocab_size,
@@ -76,26 +97,28 @@ def train_mle(config, train_packed, validation_packed, vocab_size, verbose=None)
     trainer.compile(
         optimizer=keras.optimizers.Adam(config.learning_rate, clipnorm=1.0), jit_compile=False
     )
+    train_packed = np.asarray(train_packed, np.int32)
+
+    def epoch_data(epoch):
+        return make_dataset(train_packed[epoch_order(len(train_packed), config.seed, epoch)], config.batch_size)
+
     callbacks = [
-        keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup")),
-        keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv")),
-        keras.callbacks.TensorBoard(os.path.join(run_dir, "logs")),
-        # The corpus is small and validation prompts are unseen: keep the
-        # epoch with the best validation perplexity.
-        keras.callbacks.EarlyStopping(
-            "val_perplexity", mode="min", patience=config.patience, restore_best_weights=True
-        ),
+        keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=True),
+        keras.callbacks.TensorBoard(os.path.join(run_dir, "logs", "mle")),
     ]
     start = time.perf_counter()
-    history = trainer.fit(
-        make_dataset(train_packed, config.batch_size, shuffle=True, seed=config.seed),
+    result = fit_resumable(
+        trainer, epoch_data, config.epochs, os.path.join(run_dir, CHECKPOINT_DIR, "mle"),
         validation_data=make_dataset(validation_packed, config.batch_size),
-        epochs=config.epochs,
         callbacks=callbacks,
+        # The corpus is small and validation prompts are unseen: keep the
+        # epoch with the best validation perplexity.
+        monitor="val_perplexity", mode="min", patience=config.patience,
         verbose=_verbosity(verbose),
-        shuffle=False,  # the dataset shuffles itself, seeded
     )
-    return policy, trainer, history.history, time.perf_counter() - start
+    if result["resumed_from"]:
+        print(f"MLE resumed after epoch {result['resumed_from']}")
+    return policy, trainer, result["history"], time.perf_counter() - start
 
 
 def make_reward(config, tokenizer, reference_policy):
@@ -109,48 +132,93 @@ def make_reward(config, tokenizer, reference_policy):
     return rewards.article_reward(reference_policy, tokenizer=tokenizer)
 
 
-def train_rl(config, policy, tokenizer, train_packed, verbose=None):
-    """Policy-gradient stage (`ReinforceTrainer`); returns `(history, seconds)`."""
-    run_dir = config.run_dir
+def build_loop(config, policy, tokenizer, train, validation, verbose=None):
+    """The `SelfFeedbackLoop` of a run, from its config."""
     reference = frozen_copy(policy)
-    trainer = ReinforceTrainer(
+    methods = tuple(m.strip() for m in config.feedback_methods.split(","))
+    return SelfFeedbackLoop(
         policy,
+        tokenizer,
         make_reward(config, tokenizer, reference),
-        prompt_length=config.prompt_length,
-        max_new_tokens=config.response_length,
+        train,
+        validation,
+        config.prompt_length,
+        config.response_length,
+        methods=methods,
+        rounds=config.feedback_rounds,
         num_samples=config.rl_samples,
         temperature=config.rl_temperature,
-        baseline=config.rl_baseline,
-        kl_coef=config.rl_kl_coef,
-        reference_policy=reference if config.rl_kl_coef > 0 else None,
-        gamma=config.rl_gamma,
+        threshold_quantiles=tuple(
+            min(1.0, config.filter_quantile + r * config.filter_quantile_step)
+            for r in range(config.feedback_rounds)
+        ),
+        epochs_per_round=config.filter_epochs,
+        rl_steps=config.rl_steps,
+        contrastive_steps=config.rl_steps,
+        batch_size=config.batch_size,
+        rl_batch_size=config.rl_batch_size,
+        learning_rate=config.filter_learning_rate,
+        rl_learning_rate=config.rl_learning_rate,
+        rl_options={
+            "baseline": config.rl_baseline,
+            "kl_coef": config.rl_kl_coef,
+            "reference_policy": reference if config.rl_kl_coef > 0 else None,
+            "gamma": config.rl_gamma,
+        },
+        monitor=config.feedback_monitor,
+        target=config.feedback_target,
+        mode="min" if config.feedback_monitor == "val_perplexity" else "max",
+        directory=os.path.join(config.run_dir, CHECKPOINT_DIR, "loop"),
+        log_dir=config.run_dir,
         seed=config.seed,
+        verbose=_verbosity(verbose),
     )
-    trainer.compile(optimizer=keras.optimizers.Adam(config.rl_learning_rate, clipnorm=1.0))
-    dataset = make_dataset(train_packed, config.rl_batch_size, shuffle=True, seed=config.seed,
-                           drop_remainder=True).repeat()
-    callbacks = [
-        keras.callbacks.CSVLogger(os.path.join(run_dir, "rl_history.csv")),
-        keras.callbacks.TensorBoard(os.path.join(run_dir, "logs", "rl"), update_freq=10),
+
+
+def check_resumable(config, fresh=False):
+    """Refuses to mix a run directory's checkpoints with other settings.
+
+    With `fresh=True` the old run's outputs are deleted first.
+    """
+    run_dir = config.run_dir
+    if fresh and os.path.isdir(run_dir):
+        shutil.rmtree(run_dir)
+        return
+    saved_path = os.path.join(run_dir, CONFIG_FILE)
+    if not os.path.exists(saved_path) or not os.path.isdir(os.path.join(run_dir, CHECKPOINT_DIR)):
+        return
+    saved = TrainConfig.from_yaml(saved_path).to_dict()
+    new = config.to_dict()
+    changed = [
+        f"{key}: {saved.get(key)!r} -> {new[key]!r}"
+        for key in new
+        if key not in _RESUME_FREE and saved.get(key) != new[key]
     ]
-    start = time.perf_counter()
-    history = trainer.fit(
-        dataset, epochs=1, steps_per_epoch=config.rl_steps, callbacks=callbacks,
-        verbose=_verbosity(verbose), shuffle=False,
-    )
-    return history.history, time.perf_counter() - start
+    if changed:
+        raise ValueError(
+            f"{run_dir} holds a run with other settings ({'; '.join(changed)}). Resume it with its "
+            "own settings (--resume), start it over with --fresh, or use another --name."
+        )
 
 
-def run_train(config=None, verbose=None):
-    """Runs the whole pipeline for `config`; returns the metrics dict.
+def run_train(config=None, verbose=None, fresh=False):
+    """Runs (or resumes) the whole pipeline for `config`; returns the metrics dict.
 
-    Stages: tokenizer -> MLE (resumable per epoch; skipped when a finished
-    `policy_mle.keras` exists) -> evaluation -> RL (`rl_steps > 0`) ->
-    evaluation -> contrastive (`contrastive_epochs > 0`) -> report.
+    Stages: tokenizer -> MLE warm-up (resumable per epoch; skipped when a
+    finished `policy_mle.keras` exists) -> self-feedback rounds
+    (`feedback_rounds > 0`: RL, filtered self-training and/or contrastive,
+    resumable per round and epoch) -> contrastive ranking stage
+    (`contrastive_epochs > 0`) -> report.
+
+    Args:
+        config: a `TrainConfig`. Defaults to the default settings.
+        verbose: `fit` verbosity; None picks a progress bar on a terminal.
+        fresh: bool. Delete an existing run in the run directory first.
     """
     config = config or TrainConfig()
     keras.utils.set_random_seed(config.seed)
     run_dir = config.run_dir
+    check_resumable(config, fresh)
     os.makedirs(run_dir, exist_ok=True)
     with open(os.path.join(run_dir, CONFIG_FILE), "w", encoding="utf-8") as f:
         yaml.safe_dump(config.to_dict(), f, allow_unicode=True, sort_keys=False)
@@ -190,15 +258,19 @@ def run_train(config=None, verbose=None):
             json.dump(report["mle"], f, indent=2)
 
     lengths = (config.prompt_length, config.response_length)
-    evaluation = {"mle": _scores(evaluate_policy(policy, tokenizer, validation, *lengths))}
-    if config.rl_steps > 0:
-        rl_history, seconds = train_rl(config, policy, tokenizer, train_packed, verbose)
-        report["rl"] = {
-            "steps": config.rl_steps,
-            "seconds": round(seconds, 1),
-            "final": {k: float(v[-1]) for k, v in rl_history.items()},
+    if config.feedback_rounds > 0:
+        loop = build_loop(config, policy, tokenizer, train, validation, verbose)
+        start = time.perf_counter()
+        rounds = loop.run()
+        report["rounds"] = rounds
+        report["feedback"] = {
+            "methods": list(loop.methods), "seconds": round(time.perf_counter() - start, 1),
+            "rounds": len(rounds) - 1, "target": config.feedback_target, "monitor": config.feedback_monitor,
         }
-        evaluation["rl"] = _scores(evaluate_policy(policy, tokenizer, validation, *lengths))
+        evaluation = {_stage_name(r, loop.methods): _round_scores(r["metrics"]) for r in rounds}
+        plot_rounds(rounds, os.path.join(run_dir, "rounds.png"))
+    else:
+        evaluation = {"mle": _scores(evaluate_policy(policy, tokenizer, validation, *lengths))}
     if config.contrastive_epochs > 0:
         report["contrastive"] = run_contrastive_stage(
             policy, tokenizer, train_packed, validation_packed, *lengths,
@@ -224,6 +296,43 @@ def run_train(config=None, verbose=None):
     with open(os.path.join(run_dir, METRICS_FILE), "w", encoding="utf-8") as f:
         json.dump(report, f, ensure_ascii=False, indent=2)
     return report
+
+
+def _stage_name(record, methods):
+    return "mle" if record["round"] == 0 else f"round {record['round']}"
+
+
+def _round_scores(metrics):
+    return {k.removeprefix("val_"): round(v, 4) for k, v in metrics.items()}
+
+
+def plot_rounds(rounds, path):
+    """Writes the validation metrics per self-feedback round as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in rounds[0]["metrics"] if k != "val_perplexity"]
+    x = [r["round"] for r in rounds]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for key in keys:
+        axes[0].plot(x, [r["metrics"][key] for r in rounds], marker="o", label=key.removeprefix("val_"))
+    axes[0].set_xlabel("round (0 = after MLE)")
+    axes[0].set_title("validation reward and overlap")
+    axes[0].legend()
+    if "val_perplexity" in rounds[0]["metrics"]:
+        axes[1].plot(x, [r["metrics"]["val_perplexity"] for r in rounds], marker="o", color="tab:red")
+        axes[1].set_title("validation perplexity")
+    else:
+        axes[1].axis("off")
+    axes[1].set_xlabel("round (0 = after MLE)")
+    for ax in axes:
+        ax.set_xticks(x)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def _scores(result):

@@ -7,7 +7,7 @@ from keras import ops
 
 from keras_selffb.text.tokenizer import PAD_ID
 from keras_selffb.training.losses import global_sum, response_token_nll, split_packed
-from keras_selffb.training.trackers import RatioTracker
+from keras_selffb.training.trackers import RatioTracker, step_logs
 
 
 @keras.saving.register_keras_serializable(package="keras_selffb")
@@ -19,6 +19,11 @@ class MLETrainer(keras.Model):
     so one step on several replicas equals one step on one device.
     Reported: `loss` (nats per token) and `perplexity` (its exp), both exact
     token-weighted values over the epoch.
+
+    A batch is one int32 tensor of packed rows, or a dict
+    `{"rows": rows, "weights": float [B]}` for reward-weighted
+    self-training: then the loss is `sum_i w_i * nll_i / sum_i w_i * n_i`
+    (`n_i` the row's tokens), the weighted token mean.
 
     Args:
         policy: a `PolicyNetwork`.
@@ -56,28 +61,30 @@ class MLETrainer(keras.Model):
     def call(self, inputs, training=None):
         return self.policy(inputs, training=training)
 
-    def _nll(self, batch, training):
+    def _nll(self, data, training):
+        batch, weights = _unpack(data)
         prompt_ids, response_ids = split_packed(batch, self.prompt_length)
         nll, mask, _ = response_token_nll(self.policy, prompt_ids, response_ids, training=training)
-        return ops.sum(nll), ops.sum(mask)
+        if weights is None:
+            return ops.sum(nll), ops.sum(mask)
+        weights = ops.cast(weights, nll.dtype)[:, None]
+        return ops.sum(nll * weights), ops.sum(mask * weights)
 
     def _update(self, nll_sum, tokens):
         self.loss_tracker.update_state(nll_sum, tokens)
         self.perplexity_tracker.update_state(nll_sum, tokens)
-        return {m.name: m.result() for m in self.metrics}
+        return step_logs(self.metrics, self.distribute_strategy)
 
     def train_step(self, data):
-        batch = data[0] if isinstance(data, tuple) else data
         with tf.GradientTape() as tape:
-            nll_sum, tokens = self._nll(batch, training=True)
+            nll_sum, tokens = self._nll(data, training=True)
             loss = nll_sum / ops.maximum(global_sum(tokens), 1.0)
         variables = self.policy.trainable_variables
         self.optimizer.apply(tape.gradient(loss, variables), variables)
         return self._update(nll_sum, tokens)
 
     def test_step(self, data):
-        batch = data[0] if isinstance(data, tuple) else data
-        nll_sum, tokens = self._nll(batch, training=False)
+        nll_sum, tokens = self._nll(data, training=False)
         return self._update(nll_sum, tokens)
 
     def get_config(self):
@@ -91,6 +98,17 @@ class MLETrainer(keras.Model):
     def from_config(cls, config):
         config["policy"] = keras.saving.deserialize_keras_object(config["policy"])
         return cls(**config)
+
+
+def _unpack(data):
+    """`(rows, weights or None)` from a batch as `fit` hands it over."""
+    if isinstance(data, tuple):
+        data = data[0]
+    if isinstance(data, dict):
+        if "rows" not in data or "weights" not in data:
+            raise ValueError(f"A dict batch needs 'rows' and 'weights'; got keys {sorted(data)}.")
+        return data["rows"], data["weights"]
+    return data, None
 
 
 def unigram_perplexity(train_packed, eval_packed, prompt_length, vocab_size):

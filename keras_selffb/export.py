@@ -1,0 +1,321 @@
+"""A SavedModel that serves a policy without this package: strings in, strings out.
+
+`export_generator` writes a `tf.Module` with two signatures:
+
+- `generate(prompts, max_new_tokens, temperature, seed) -> replies`.
+  Tokenizing, packing (`keras_selffb.text.packing.pack_prompts`: left-padded
+  `[BOS] prompt [SEP]`, the last tokens kept when too long), the decoding loop
+  and detokenizing all run in the graph. Temperature 0 (the default) is greedy
+  decoding and gives exactly the replies of `ResponseGenerator` with the
+  greedy sampler; a temperature above 0 samples with
+  `tf.random.stateless_categorical`, so one seed always gives the same replies
+  for the same batch. PAD, BOS, SEP and UNK are never generated and a row stops
+  at its first EOS, as in `keras_selffb.models.generation`.
+- `score(prompts, replies) -> log_likelihood, num_tokens`: the teacher-forced
+  log-likelihood of `reply + EOS` given the prompt, as
+  `keras_selffb.models.response_token_nll` computes it on the same packing
+  (replies longer than `max_new_tokens - 1` tokens are cut, without EOS).
+
+No Keras code is saved: the weights are copied into `tf.Variable`s and the
+LSTM step is written with raw TF ops (Keras' fused kernel, gates in the order
+input, forget, cell, output; sigmoid gates and tanh). With a `CharTokenizer`
+the graph holds core TensorFlow ops only, so plain `tf.saved_model.load` and
+TF Serving run it. A `WordPieceTokenizer` graph holds tensorflow_text ops:
+`import tensorflow_text` before loading it.
+"""
+
+import os
+import shutil
+
+import numpy as np
+import tensorflow as tf
+
+from keras_selffb.models.generation import special_token_bias
+from keras_selffb.text.packing import pack_prompts, pack_responses
+from keras_selffb.text.tokenizer import EOS_ID, PAD_ID
+
+SUPPORTED_TOKENIZERS = ("char", "wordpiece")
+SIGNATURES = ("generate", "score")
+
+
+def _activation_name(function):
+    return getattr(function, "__name__", str(function))
+
+
+def _check_policy(policy, tokenizer):
+    for name in ("embedding", "lstm_layers", "head"):
+        if not hasattr(policy, name):
+            raise ValueError(
+                f"export_generator needs a keras_selffb PolicyNetwork; "
+                f"{type(policy).__name__} has no `{name}`."
+            )
+    if policy.compute_dtype != "float32":
+        raise ValueError(
+            f"export_generator runs the LSTM in float32; the policy computes in "
+            f"{policy.compute_dtype}. Export a float32 copy of the policy."
+        )
+    for lstm in policy.lstm_layers:
+        cell = lstm.cell
+        activations = (_activation_name(cell.activation), _activation_name(cell.recurrent_activation))
+        if activations != ("tanh", "sigmoid") or not cell.use_bias:
+            raise ValueError(
+                f"{lstm.name}: only LSTMs with tanh, sigmoid gates and a bias can be exported."
+            )
+    if _activation_name(policy.head.activation) != "linear":
+        raise ValueError("The policy's output layer must return logits (linear activation).")
+    kind = getattr(tokenizer, "kind", None)
+    if kind not in SUPPORTED_TOKENIZERS:
+        raise ValueError(
+            f"Unknown tokenizer type {type(tokenizer).__name__} (kind {kind!r}): "
+            f"export_generator supports keras_selffb CharTokenizer and "
+            f"WordPieceTokenizer ({', '.join(SUPPORTED_TOKENIZERS)})."
+        )
+    if tokenizer.vocabulary_size != policy.vocab_size:
+        raise ValueError(
+            f"Vocabulary mismatch: the tokenizer has {tokenizer.vocabulary_size} "
+            f"tokens but the policy was built for {policy.vocab_size}."
+        )
+
+
+class _GeneratorModule(tf.Module):
+    """The exported object: policy weights, tokenizer and the two signatures.
+
+    Args:
+        policy: a `PolicyNetwork`.
+        tokenizer: its `CharTokenizer` or `WordPieceTokenizer`.
+        prompt_length: int. Prompt columns, BOS and SEP included.
+        max_new_tokens: int. Default longest reply (EOS included), and the
+            response columns `score` packs replies into.
+    """
+
+    def __init__(self, policy, tokenizer, prompt_length, max_new_tokens):
+        super().__init__(name="keras_selffb_generator")
+        self.tokenizer = tokenizer
+        self._prompt_length = prompt_length
+        self._response_length = max_new_tokens
+        self._hidden_dim = policy.hidden_dim
+
+        def copy(weight, name):
+            value = np.asarray(weight.numpy(), dtype="float32")
+            return tf.Variable(value, trainable=False, name=name)
+
+        self.embedding = copy(policy.embedding.embeddings, "embedding")
+        self.lstm_weights = [
+            (
+                copy(lstm.cell.kernel, f"lstm_{i}_kernel"),
+                copy(lstm.cell.recurrent_kernel, f"lstm_{i}_recurrent_kernel"),
+                copy(lstm.cell.bias, f"lstm_{i}_bias"),
+            )
+            for i, lstm in enumerate(policy.lstm_layers)
+        ]
+        self.head_kernel = copy(policy.head.kernel, "head_kernel")
+        self.head_bias = copy(policy.head.bias, "head_bias")
+        self._forbidden = tf.constant(special_token_bias(policy.vocab_size).numpy())
+
+        # Python defaults that are tensors become SignatureDef defaults
+        # (PlaceholderWithDefault): TF Serving and the restored
+        # `loaded.generate(prompts)` may leave these inputs out.
+        def generate(
+            prompts,
+            max_new_tokens=tf.constant(max_new_tokens, tf.int32),
+            temperature=tf.constant(0.0, tf.float32),
+            seed=tf.constant(0, tf.int64),
+        ):
+            return {"replies": self._generate(prompts, max_new_tokens, temperature, seed)}
+
+        def score(prompts, replies):
+            log_likelihood, num_tokens = self._score(prompts, replies)
+            return {"log_likelihood": log_likelihood, "num_tokens": num_tokens}
+
+        # Loops and branches are explicit tf.while_loop / tf.cond: no autograph.
+        self.generate = tf.function(
+            generate,
+            autograph=False,
+            input_signature=[
+                tf.TensorSpec([None], tf.string, name="prompts"),
+                tf.TensorSpec([], tf.int32, name="max_new_tokens"),
+                tf.TensorSpec([], tf.float32, name="temperature"),
+                tf.TensorSpec([], tf.int64, name="seed"),
+            ],
+        )
+        self.score = tf.function(
+            score,
+            autograph=False,
+            input_signature=[
+                tf.TensorSpec([None], tf.string, name="prompts"),
+                tf.TensorSpec([None], tf.string, name="replies"),
+            ],
+        )
+
+    def _zero_state(self, batch_size):
+        return tf.zeros([len(self.lstm_weights), 2, batch_size, self._hidden_dim])
+
+    def _step(self, token, state):
+        """One LSTM step for ids `(B,)` from `state (layers, 2, B, H)`.
+
+        Returns `(logits (B, V), new_state)`; a PAD id leaves a row's state
+        unchanged, as the masked Keras LSTM does.
+        """
+        keep = tf.not_equal(token, PAD_ID)[:, None]
+        x = tf.gather(self.embedding, token)
+        layers = []
+        for i, (kernel, recurrent_kernel, bias) in enumerate(self.lstm_weights):
+            h, c = state[i, 0], state[i, 1]
+            z = tf.add(tf.matmul(x, kernel), tf.matmul(h, recurrent_kernel))
+            z_i, z_f, z_c, z_o = tf.split(tf.add(z, bias), 4, axis=1)
+            new_c = tf.sigmoid(z_f) * c + tf.sigmoid(z_i) * tf.tanh(z_c)
+            new_h = tf.sigmoid(z_o) * tf.tanh(new_c)
+            new_h = tf.where(keep, new_h, h)
+            new_c = tf.where(keep, new_c, c)
+            layers.append(tf.stack([new_h, new_c]))
+            x = new_h
+        logits = tf.add(tf.matmul(x, self.head_kernel), self.head_bias)
+        return logits, tf.stack(layers)
+
+    def _prefill(self, ids, state):
+        """The state after feeding every column of `ids (B, T)`."""
+
+        def body(t, state):
+            _, state = self._step(ids[:, t], state)
+            return t + 1, state
+
+        _, state = tf.while_loop(lambda t, _: t < tf.shape(ids)[1], body, (tf.constant(0), state))
+        return state
+
+    def _next_token(self, logits, temperature, seed, step):
+        def greedy():
+            # keras-hub's GreedySampler takes the argmax of the softmax.
+            return tf.argmax(tf.nn.softmax(logits), axis=-1, output_type=tf.int32)
+
+        def sample():
+            step_seed = tf.stack([seed, tf.cast(step, tf.int64)])
+            draw = tf.random.stateless_categorical(
+                logits / temperature, 1, seed=step_seed, dtype=tf.int32
+            )
+            return draw[:, 0]
+
+        return tf.cond(temperature > 0.0, sample, greedy)
+
+    def _generate(self, prompts, max_new_tokens, temperature, seed):
+        tf.debugging.assert_positive(max_new_tokens, message="max_new_tokens must be >= 1")
+        tf.debugging.assert_non_negative(
+            temperature, message="temperature must be >= 0 (0 is greedy decoding)"
+        )
+        prompt_ids, _ = pack_prompts(self.tokenizer, prompts, self._prompt_length)
+        batch_size = tf.shape(prompt_ids)[0]
+        # As `generate_ids`: prefill all but SEP, which the first step feeds.
+        state = self._prefill(prompt_ids[:, :-1], self._zero_state(batch_size))
+
+        def cond(step, token, state, done, reply):
+            return tf.logical_and(step < max_new_tokens, tf.logical_not(tf.reduce_all(done)))
+
+        def body(step, token, state, done, reply):
+            logits, state = self._step(token, state)
+            token = self._next_token(logits + self._forbidden, temperature, seed, step)
+            token = tf.where(done, PAD_ID, token)
+            reply = tf.concat([reply, token[:, None]], axis=1)
+            return step + 1, token, state, done | tf.equal(token, EOS_ID), reply
+
+        loop_vars = (
+            tf.constant(0),
+            prompt_ids[:, -1],
+            state,
+            tf.zeros([batch_size], tf.bool),
+            tf.zeros([batch_size, 0], tf.int32),
+        )
+        invariants = (
+            tf.TensorShape([]),
+            tf.TensorShape([None]),
+            state.shape,
+            tf.TensorShape([None]),
+            tf.TensorShape([None, None]),
+        )
+        reply = tf.while_loop(cond, body, loop_vars, shape_invariants=invariants)[-1]
+        return self.tokenizer.detokenize(reply)
+
+    def _score(self, prompts, replies):
+        tf.debugging.assert_equal(
+            tf.size(prompts), tf.size(replies), message="score needs one reply per prompt"
+        )
+        prompt_ids, _ = pack_prompts(self.tokenizer, prompts, self._prompt_length)
+        response_ids, _ = pack_responses(self.tokenizer, replies, self._response_length)
+        batch_size = tf.shape(prompt_ids)[0]
+        state = self._prefill(prompt_ids[:, :-1], self._zero_state(batch_size))
+        # Column j feeds SEP or response token j - 1 and predicts token j.
+        inputs = tf.concat([prompt_ids[:, -1:], response_ids[:, :-1]], axis=1)
+        mask = tf.cast(tf.not_equal(response_ids, PAD_ID), tf.float32)
+
+        def body(j, state, total):
+            logits, state = self._step(inputs[:, j], state)
+            nll = tf.nn.sparse_softmax_cross_entropy_with_logits(response_ids[:, j], logits)
+            return j + 1, state, total - nll * mask[:, j]
+
+        _, _, total = tf.while_loop(
+            lambda j, *_: j < self._response_length,
+            body,
+            (tf.constant(0), state, tf.zeros([batch_size])),
+        )
+        return total, tf.cast(tf.reduce_sum(mask, axis=1), tf.int32)
+
+
+def _prepare_path(path, overwrite):
+    path = os.fspath(path)
+    if os.path.isfile(path):
+        raise FileExistsError(f"{path} is a file; give a directory path for the SavedModel.")
+    if os.path.isdir(path) and os.listdir(path):
+        if not overwrite:
+            raise FileExistsError(
+                f"{path} already exists and is not empty; choose a new path or pass "
+                "overwrite=True (CLI: --overwrite) to replace an earlier export."
+            )
+        if not os.path.exists(os.path.join(path, "saved_model.pb")):
+            raise FileExistsError(
+                f"{path} is not empty and holds no SavedModel; refusing to replace it."
+            )
+        shutil.rmtree(path)
+    return path
+
+
+def export_generator(policy, tokenizer, path, prompt_length, max_new_tokens, overwrite=False):
+    """Writes a SavedModel with `generate` and `score` signatures to `path`.
+
+    Args:
+        policy: a `keras_selffb.models.PolicyNetwork` (float32).
+        tokenizer: the `CharTokenizer` or `WordPieceTokenizer` the policy was
+            trained with.
+        path: str or path-like. A new (or empty) directory for the SavedModel.
+        prompt_length: int. Prompt columns, BOS and SEP included; use the
+            run's `prompt_length` so prompts are packed as in training.
+        max_new_tokens: int. Default longest reply in tokens, EOS included
+            (`keras-selffb generate` uses the run's `response_length`); also
+            the response columns `score` packs replies into, so at least 2.
+        overwrite: bool. Replace an earlier SavedModel at `path`. Defaults to
+            `False`.
+
+    Returns:
+        The path written, as a str.
+
+    Example:
+
+    >>> import tempfile
+    >>> from keras_selffb.models import PolicyNetwork
+    >>> from keras_selffb.text import CharTokenizer
+    >>> tokenizer = CharTokenizer.train(["hello", "你好"])
+    >>> policy = PolicyNetwork(tokenizer.vocabulary_size, embedding_dim=8, hidden_dim=8)
+    >>> path = export_generator(policy, tokenizer, tempfile.mkdtemp() + "/gen", 8, 4)
+    >>> loaded = tf.saved_model.load(path)
+    >>> loaded.generate(tf.constant(["hello", "你好"]))["replies"].shape
+    TensorShape([2])
+    """
+    _check_policy(policy, tokenizer)
+    if prompt_length < 3:
+        raise ValueError(f"prompt_length must be >= 3 (BOS, a token, SEP); got {prompt_length}.")
+    if max_new_tokens < 2:
+        raise ValueError(
+            f"max_new_tokens must be >= 2 (a token and EOS, as a packed response); "
+            f"got {max_new_tokens}."
+        )
+    path = _prepare_path(path, overwrite)
+    module = _GeneratorModule(policy, tokenizer, prompt_length, max_new_tokens)
+    tf.saved_model.save(module, path, signatures={name: getattr(module, name) for name in SIGNATURES})
+    return path

@@ -1,0 +1,649 @@
+"""`SelfFeedbackLoop`: generate -> self-evaluate -> adjust -> repeat.
+
+The article's core idea (sections 3 and 4) as an object that runs rounds
+until a target metric is met or the rounds run out. Each round:
+
+(a) **generate** `num_samples` candidates for every training prompt with
+    the current policy (seeded by the round);
+(b) **score** them with any `Reward` (in-graph, or host Python through
+    `PythonReward`, e.g. executing generated code);
+(c) **adjust** the policy by one or more methods, in order:
+    - `"filtered"`: filtered self-training (ReST, Gulcehre et al. 2023;
+      RAFT, Dong et al. 2023): keep the candidates whose reward reaches the
+      round's threshold and fine-tune on them, weighted by reward. The
+      threshold rises: round r uses the `threshold_quantiles[r]` quantile of
+      the round's rewards, never below the previous round's threshold;
+    - `"rl"`: `ReinforceTrainer` for `rl_steps` steps (samples of its own);
+    - `"contrastive"`: `ContrastiveTrainer` (sequence-likelihood) for
+      `contrastive_steps` steps;
+(d) **evaluate** with greedy replies on the validation pairs: the mean
+    reward (`val_reward`) and, for text data, ROUGE-L, BLEU and perplexity.
+
+Everything is checkpointed under `directory`: the policy after each round,
+the scored candidates of the round in progress, and the adjust phase's
+epochs (`fit_resumable`). A process killed at any point and started again
+with the same arguments resumes where it stopped and ends with the same
+numbers as an uninterrupted run (every random draw is derived from
+`(seed, round, epoch)`, never from state lost in the crash).
+
+A reward that raises is reported with the round, the batch and the reward's
+name; the scored candidates of finished batches are not kept, but nothing
+else is lost: fix the reward and run again to resume the round.
+"""
+
+import os
+import re
+import tempfile
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_selffb.evaluation import evaluate_policy
+from keras_selffb.models.generation import generate_ids, get_sampler
+from keras_selffb.models.policy_network import frozen_copy
+from keras_selffb.text.packing import pack_pairs
+from keras_selffb.text.tokenizer import NUM_RESERVED
+from keras_selffb.training.checkpoint import (
+    epoch_order,
+    fit_resumable,
+    load_arrays,
+    read_json,
+    reset_seed_generators,
+    save_arrays,
+    write_json,
+)
+from keras_selffb.training.contrastive_trainer import ContrastiveTrainer
+from keras_selffb.training.mle_trainer import MLETrainer
+from keras_selffb.training.reinforce_trainer import ReinforceTrainer
+
+METHODS = ("filtered", "rl", "contrastive")
+STATE_FILE = "loop_state.json"
+
+
+class RewardError(RuntimeError):
+    """A reward failed while scoring a round's candidates."""
+
+
+def rising_thresholds(round_rewards, quantiles, floor=None):
+    """The threshold of each round: a quantile of its rewards, never falling.
+
+    `threshold_r = max(threshold_{r-1}, quantile(rewards_r, q_r))`, starting
+    from `floor` (or -inf). The last quantile repeats for later rounds.
+
+    Args:
+        round_rewards: list of 1-D arrays, the candidates' rewards per round.
+        quantiles: sequence of floats in [0, 1].
+        floor: float or None. The lowest threshold allowed.
+
+    Returns:
+        list of float, one per round.
+
+    Example:
+
+    >>> rising_thresholds([[0, 1, 2, 3], [0, 0, 0, 1]], [0.5, 0.5])
+    [1.5, 1.5]
+    """
+    thresholds, previous = [], -np.inf if floor is None else float(floor)
+    for r, rewards in enumerate(round_rewards):
+        q = quantiles[min(r, len(quantiles) - 1)]
+        previous = max(previous, float(np.quantile(np.asarray(rewards, np.float64), q)))
+        thresholds.append(previous)
+    return thresholds
+
+
+def filter_candidates(rewards, threshold, weighting="reward"):
+    """Which candidates to keep and their training weights.
+
+    Args:
+        rewards: float array `[N]`.
+        threshold: float. Candidates with `reward >= threshold` are kept.
+        weighting: str. `"reward"`: weights proportional to the reward,
+            scaled to mean 1 over the kept ones (candidates with a reward
+            <= 0 would get weight 0 and are not kept); `"uniform"`: all 1.
+
+    Returns:
+        `(indices, weights)`: int array of kept positions, float32 weights.
+
+    Example:
+
+    >>> idx, w = filter_candidates(np.array([0.2, 0.9, 0.5]), 0.5)
+    >>> idx.tolist(), np.round(w, 3).tolist()
+    ([1, 2], [1.286, 0.714])
+    """
+    rewards = np.asarray(rewards, np.float64)
+    if not np.all(np.isfinite(rewards)):
+        raise ValueError("Rewards contain NaN or inf; cannot filter candidates.")
+    if weighting not in ("reward", "uniform"):
+        raise ValueError(f"Unknown weighting {weighting!r}; use 'reward' or 'uniform'.")
+    kept = np.flatnonzero(rewards >= threshold)
+    if weighting == "uniform":
+        return kept, np.ones(kept.size, np.float32)
+    kept = kept[rewards[kept] > 0]  # weight 0: nothing to learn from
+    values = rewards[kept]
+    weights = values / values.mean() if kept.size else values
+    return kept, weights.astype(np.float32)
+
+
+class SelfFeedbackLoop:
+    """Rounds of generate -> score -> adjust -> evaluate, resumable.
+
+    Args:
+        policy: a `PolicyNetwork` (e.g. after MLE); trained in place.
+        tokenizer: its tokenizer.
+        reward: a `keras_selffb.rewards.Reward`, used to score candidates,
+            to train (`"rl"`, `"contrastive"`) and to evaluate.
+        train_pairs: list of `(prompt, reference)` strings. The reference
+            is handed to the reward (use `""` when the reward needs none).
+        validation_pairs: list of `(prompt, reference)` for evaluation.
+        prompt_length: int. Prompt columns, BOS and SEP included.
+        max_new_tokens: int. Longest candidate, EOS included.
+        methods: str or sequence of `"filtered"`, `"rl"`, `"contrastive"`,
+            run in this order in every round. Defaults to `"filtered"`.
+        rounds: int. Most rounds. Defaults to `3`.
+        num_samples: int. Candidates per training prompt. Defaults to `4`.
+        temperature: float. Sampling temperature. Defaults to `1.0`.
+        threshold_quantiles: sequence of float. Quantile of the round's
+            rewards used as its threshold (rising; see `rising_thresholds`).
+            Defaults to `(0.5, 0.6, 0.7)`.
+        min_reward: float or None. Candidates below it are never kept, in
+            any round (e.g. `1.0` for pass/fail rewards). Defaults to `None`.
+        weighting: str. `"reward"` or `"uniform"` weights for the kept
+            candidates. Defaults to `"reward"`.
+        keep_references: bool. Fine-tune on the reference pairs too (weight
+            1), so the policy does not drift from the data; pairs with an
+            empty reference are left out. Defaults to `True`.
+        epochs_per_round: int. Fine-tuning epochs of `"filtered"`. Defaults to `1`.
+        rl_steps: int. `"rl"` steps per round. Defaults to `40`.
+        contrastive_steps: int. `"contrastive"` steps per round. Defaults to `40`.
+        batch_size: int. Rows per fine-tuning step. Defaults to `32`.
+        rl_batch_size: int. Prompts per RL / contrastive step. Defaults to `16`.
+        learning_rate: float. Adam learning rate of `"filtered"`. Defaults to `1e-3`.
+        rl_learning_rate: float. Adam learning rate of `"rl"` and
+            `"contrastive"`. Defaults to `5e-4`.
+        rl_options: dict. More `ReinforceTrainer` arguments (baseline,
+            kl_coef, gamma, ...). A `kl_coef > 0` uses the policy as it was
+            when the loop started as the frozen reference.
+        contrastive_options: dict. More `ContrastiveTrainer` arguments.
+        monitor: str. The metric for the target and the best round.
+            Defaults to `"val_reward"`.
+        target: float or None. Stop after the first round whose `monitor`
+            reaches it. Defaults to `None`.
+        mode: str. `"max"` or `"min"` for `monitor`. Defaults to `"max"`.
+        restore_best: bool. At the end, roll the policy back to the best
+            round by `monitor` (round 0 = the start). Defaults to `False`.
+        text_metrics: bool. Also compute ROUGE-L, BLEU and perplexity on
+            the validation pairs. Defaults to `True`.
+        directory: str or None. Checkpoints and `history.json`; None keeps
+            nothing on disk (and cannot resume).
+        log_dir: str or None. Per-method `<method>_history.csv` and
+            TensorBoard logs (`logs/<method>`, `logs/rounds`) go here.
+        seed: int. Defaults to `0`.
+        callbacks: Keras callbacks passed to every `fit` (e.g.
+            `TensorBoard`, `GenerationMetrics`).
+        score_batch_size: int. Rows per generation / scoring call.
+            Defaults to `64`.
+        verbose: passed to `fit`; 0 silences the round summaries too.
+    """
+
+    def __init__(
+        self,
+        policy,
+        tokenizer,
+        reward,
+        train_pairs,
+        validation_pairs,
+        prompt_length,
+        max_new_tokens,
+        methods="filtered",
+        rounds=3,
+        num_samples=4,
+        temperature=1.0,
+        threshold_quantiles=(0.5, 0.6, 0.7),
+        min_reward=None,
+        weighting="reward",
+        keep_references=True,
+        epochs_per_round=1,
+        rl_steps=40,
+        contrastive_steps=40,
+        batch_size=32,
+        rl_batch_size=16,
+        learning_rate=1e-3,
+        rl_learning_rate=5e-4,
+        rl_options=None,
+        contrastive_options=None,
+        monitor="val_reward",
+        target=None,
+        mode="max",
+        restore_best=False,
+        text_metrics=True,
+        directory=None,
+        log_dir=None,
+        seed=0,
+        callbacks=(),
+        score_batch_size=64,
+        verbose="auto",
+    ):
+        methods = (methods,) if isinstance(methods, str) else tuple(methods)
+        unknown = [m for m in methods if m not in METHODS]
+        if not methods or unknown:
+            raise ValueError(f"Unknown loop method(s) {unknown or methods}; choose from {METHODS}.")
+        if not train_pairs:
+            raise ValueError("SelfFeedbackLoop needs training pairs; got none.")
+        if not validation_pairs:
+            raise ValueError("SelfFeedbackLoop needs validation pairs to evaluate rounds; got none.")
+        if rounds < 1 or num_samples < 1:
+            raise ValueError(f"rounds and num_samples must be >= 1; got {rounds}, {num_samples}.")
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min'; got {mode!r}.")
+        if not threshold_quantiles or not all(0.0 <= q <= 1.0 for q in threshold_quantiles):
+            raise ValueError(f"threshold_quantiles must be in [0, 1]; got {threshold_quantiles}.")
+        if tokenizer.vocabulary_size != policy.vocab_size:
+            raise ValueError(
+                f"Vocabulary mismatch: the tokenizer has {tokenizer.vocabulary_size} tokens "
+                f"but the policy was built for {policy.vocab_size}."
+            )
+        self.policy = policy
+        self.tokenizer = tokenizer
+        self.reward = reward
+        self.prompt_length = prompt_length
+        self.max_new_tokens = max_new_tokens
+        self.methods = methods
+        self.rounds = rounds
+        self.num_samples = num_samples
+        self.temperature = temperature
+        self.threshold_quantiles = tuple(threshold_quantiles)
+        self.min_reward = min_reward
+        self.weighting = weighting
+        self.keep_references = keep_references
+        self.epochs_per_round = epochs_per_round
+        self.rl_steps = rl_steps
+        self.contrastive_steps = contrastive_steps
+        self.batch_size = batch_size
+        self.rl_batch_size = rl_batch_size
+        self.learning_rate = learning_rate
+        self.rl_learning_rate = rl_learning_rate
+        self.rl_options = dict(rl_options or {})
+        self.contrastive_options = dict(contrastive_options or {})
+        self.monitor = monitor
+        self.target = target
+        self.mode = mode
+        self.restore_best = restore_best
+        self.text_metrics = text_metrics
+        self.directory = directory
+        self.log_dir = log_dir
+        self.seed = seed
+        self.callbacks = list(callbacks)
+        self.score_batch_size = score_batch_size
+        self.verbose = verbose
+        self.train_pairs = list(train_pairs)
+        self.validation_pairs = list(validation_pairs)
+        self.train_packed = pack_pairs(tokenizer, self.train_pairs, prompt_length, max_new_tokens, warn=False)
+        self.history = []
+        self._sampler = get_sampler("random", temperature=temperature, seed=seed)
+        self._greedy = get_sampler("greedy")
+        self._generate = tf.function(self._generate_fn)
+        self._score = tf.function(self._score_fn)
+        self._reference = None
+
+    # -- (a) generate and (b) score ---------------------------------------
+
+    def _generate_fn(self, prompt_ids, greedy):
+        sampler = self._greedy if greedy else self._sampler
+        return generate_ids(self.policy, prompt_ids, self.max_new_tokens, sampler)
+
+    def _score_fn(self, prompts, candidates, references):
+        return self.reward(prompts, candidates, references)
+
+    def _batches(self, rows):
+        size = self.score_batch_size
+        for start in range(0, len(rows), size):
+            chunk = rows[start : start + size]
+            pad = size - len(chunk)
+            if pad:  # fixed shapes: one trace per function
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
+            yield start // size, chunk, len(chunk) - pad
+
+    def generate(self, packed, num_samples=1, greedy=True, seed=None):
+        """Candidates for packed rows: int32 `[N * num_samples, max_new_tokens]`.
+
+        Rows are prompt-major (`num_samples` in a row per prompt).
+        """
+        if seed is not None:
+            for variable in self._sampler.variables:
+                variable.assign(tf.cast([seed, 0], variable.dtype))
+        rows = np.repeat(np.asarray(packed, np.int32), num_samples, axis=0)
+        out = []
+        for _, chunk, real in self._batches(rows):
+            ids = self._generate(tf.constant(chunk[:, : self.prompt_length]), greedy)
+            out.append(ids.numpy()[:real])
+        return np.concatenate(out), rows
+
+    def score(self, rows, candidates, round_index=None):
+        """The reward of each candidate for its packed row: float `[N]`.
+
+        Raises:
+            RewardError: naming the round, the batch and the reward, when
+                the reward raises or returns NaN/inf.
+        """
+        name = getattr(self.reward, "name", type(self.reward).__name__)
+        where = "evaluation" if round_index is None else f"round {round_index}"
+        values = []
+        size = self.score_batch_size
+        for batch, chunk, real in self._batches(np.concatenate([rows, candidates], axis=1)):
+            packed, cands = chunk[:, : rows.shape[1]], chunk[:, rows.shape[1]:]
+            try:
+                value = self._score(
+                    tf.constant(packed[:, : self.prompt_length]),
+                    tf.constant(cands),
+                    tf.constant(packed[:, self.prompt_length :]),
+                ).numpy()[:real]
+            except Exception as e:  # noqa: BLE001 - re-raised with context
+                raise RewardError(
+                    f"{where}, batch {batch} (rows {batch * size}-{batch * size + real - 1}): "
+                    f"reward {name!r} raised {_root_message(e)}"
+                ) from e
+            if not np.all(np.isfinite(value)):
+                bad = int(np.flatnonzero(~np.isfinite(value))[0]) + batch * size
+                raise RewardError(f"{where}, batch {batch}: reward {name!r} returned NaN or inf (row {bad}).")
+            values.append(value)
+        return np.concatenate(values)
+
+    # -- (d) evaluate -----------------------------------------------------
+
+    def evaluate(self):
+        """Greedy replies on the validation pairs: `val_reward` (+ text metrics)."""
+        packed = pack_pairs(
+            self.tokenizer, self.validation_pairs, self.prompt_length, self.max_new_tokens, warn=False
+        )
+        candidates, rows = self.generate(packed, 1, greedy=True)
+        metrics = {"val_reward": float(np.mean(self.score(rows, candidates)))}
+        if self.text_metrics:
+            result = evaluate_policy(
+                self.policy, self.tokenizer, self.validation_pairs, self.prompt_length, self.max_new_tokens
+            )
+            metrics.update({f"val_{k}": v for k, v in result.items() if k != "replies"})
+        return metrics
+
+    # -- (c) adjust -------------------------------------------------------
+
+    def _round_dir(self, round_index, *parts):
+        return os.path.join(self.directory, f"round_{round_index}", *parts) if self.directory else None
+
+    def _candidates(self, round_index):
+        """This round's scored candidates, from disk when already made."""
+        path = self._round_dir(round_index, "candidates.npz")
+        if path and os.path.exists(path):
+            with np.load(path) as data:
+                return data["rows"], data["candidates"], data["rewards"]
+        candidates, rows = self.generate(
+            self.train_packed, self.num_samples, greedy=False, seed=self.seed * 1000 + round_index
+        )
+        rewards = self.score(rows, candidates, round_index)
+        if path:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = path + ".tmp.npz"
+            np.savez(tmp, rows=rows, candidates=candidates, rewards=rewards)
+            os.replace(tmp, path)
+        return rows, candidates, rewards
+
+    def _method_callbacks(self, method, trainer):
+        callbacks = list(self.callbacks)
+        if self.log_dir:
+            callbacks += [
+                keras.callbacks.CSVLogger(os.path.join(self.log_dir, f"{method}_history.csv"), append=True),
+                keras.callbacks.TensorBoard(os.path.join(self.log_dir, "logs", method)),
+            ]
+        return callbacks + [_BatchTracker()]
+
+    def _fit(self, trainer, round_index, method, epoch_data, epochs, steps_per_epoch=None, reseed=None):
+        callbacks = self._method_callbacks(method, trainer)
+        options = dict(
+            steps_per_epoch=steps_per_epoch, callbacks=callbacks, on_epoch_begin=reseed,
+            epoch_offset=(round_index - 1) * epochs, verbose=self.verbose,
+        )
+        try:
+            directory = self._round_dir(round_index, method)
+            if directory is not None:
+                return fit_resumable(trainer, epoch_data, epochs, directory, **options)
+            with tempfile.TemporaryDirectory() as tmp:  # no checkpoints kept
+                return fit_resumable(trainer, epoch_data, epochs, tmp, **options)
+        except tf.errors.InvalidArgumentError as e:
+            if "Reward component" not in str(e) and "PythonReward" not in str(e):
+                raise
+            name = getattr(self.reward, "name", type(self.reward).__name__)
+            raise RewardError(
+                f"round {round_index}, {method} batch {callbacks[-1].batch}: reward {name!r} failed: "
+                f"{_root_message(e)}"
+            ) from e
+
+    def _filtered(self, round_index, rows, candidates, rewards, threshold):
+        # `threshold` is never below `min_reward` (the first round's floor).
+        kept, weights = filter_candidates(rewards, threshold, self.weighting)
+        new_rows = np.concatenate([rows[kept, : self.prompt_length], candidates[kept]], axis=1)
+        # Duplicates (the same reply sampled twice) are kept once.
+        _, unique = np.unique(new_rows, axis=0, return_index=True)
+        unique = np.sort(unique)
+        new_rows, weights = new_rows[unique], weights[unique]
+        if self.keep_references:
+            # Pairs without a reference text (reward-only tasks) add nothing.
+            references = self.train_packed[(self.train_packed[:, self.prompt_length:] >= NUM_RESERVED).any(axis=1)]
+            new_rows = np.concatenate([new_rows, references])
+            weights = np.concatenate([weights, np.ones(len(references), np.float32)])
+        info = {"kept": int(len(unique)), "trained_rows": int(len(new_rows))}
+        if len(new_rows) == 0:
+            return {**info, "skipped": "no candidate reached the threshold"}
+        trainer = MLETrainer(self.policy, self.prompt_length)
+        trainer.compile(optimizer=keras.optimizers.Adam(self.learning_rate, clipnorm=1.0))
+
+        def epoch_data(epoch):
+            order = epoch_order(len(new_rows), self.seed * 1000 + round_index, epoch)
+            data = {"rows": new_rows[order].astype(np.int32), "weights": weights[order]}
+            return tf.data.Dataset.from_tensor_slices(data).batch(self.batch_size)
+
+        result = self._fit(trainer, round_index, "filtered", epoch_data, self.epochs_per_round)
+        return {**info, "loss": result["history"]["loss"][-1]}
+
+    def _stream(self, round_index, epoch, method):
+        """RL / contrastive data: shuffled training rows, seeded by round and epoch."""
+        salt = {"rl": 1, "contrastive": 2}[method]
+        order = epoch_order(len(self.train_packed), (self.seed * 1000 + round_index) * 10 + salt, epoch)
+        rows = self.train_packed[order].astype(np.int32)
+        return tf.data.Dataset.from_tensor_slices(rows).repeat().batch(self.rl_batch_size, drop_remainder=True)
+
+    @staticmethod
+    def _chunks(steps):
+        """Splits `steps` into checkpointed epochs of about 10 steps."""
+        epochs = max(1, round(steps / 10))
+        return epochs, int(np.ceil(steps / epochs))
+
+    def _reseeder(self, trainer, round_index):
+        def reseed(epoch):
+            for variable in trainer.sampler.variables:
+                variable.assign(tf.cast([(self.seed * 1000 + round_index) * 1000 + epoch, 1], variable.dtype))
+
+        return reseed
+
+    def _reference_policy(self):
+        if self._reference is None:
+            self._reference = frozen_copy(self.policy)
+            if self.directory and os.path.exists(os.path.join(self.directory, "round_0.npz")):
+                load_arrays(os.path.join(self.directory, "round_0.npz"), self._reference.weights, "policy")
+        return self._reference
+
+    def _rl(self, round_index):
+        options = {"num_samples": self.num_samples, "temperature": self.temperature, **self.rl_options}
+        if options.get("kl_coef", 0.0) > 0 or options.get("target_kl") is not None:
+            options.setdefault("reference_policy", self._reference_policy())
+        trainer = ReinforceTrainer(
+            self.policy, self.reward, self.prompt_length, self.max_new_tokens, seed=self.seed, **options
+        )
+        trainer.compile(optimizer=keras.optimizers.Adam(self.rl_learning_rate, clipnorm=1.0))
+        epochs, steps = self._chunks(self.rl_steps)
+        result = self._fit(
+            trainer, round_index, "rl", lambda e: self._stream(round_index, e, "rl"), epochs,
+            steps_per_epoch=steps, reseed=self._reseeder(trainer, round_index),
+        )
+        return {"steps": epochs * steps, "reward": result["history"]["reward"][-1]}
+
+    def _contrastive(self, round_index):
+        options = {"mode": "sequence_likelihood", "rank_weight": 1.0, "mle_weight": 1.0,
+                   "temperature": 0.7, "num_samples": self.num_samples, **self.contrastive_options}
+        trainer = ContrastiveTrainer(
+            self.policy, self.prompt_length, self.max_new_tokens, ranking_fn=self.reward,
+            seed=self.seed, **options,
+        )
+        trainer.compile(optimizer=keras.optimizers.Adam(self.rl_learning_rate, clipnorm=1.0))
+        epochs, steps = self._chunks(self.contrastive_steps)
+        result = self._fit(
+            trainer, round_index, "contrastive", lambda e: self._stream(round_index, e, "contrastive"),
+            epochs, steps_per_epoch=steps, reseed=self._reseeder(trainer, round_index),
+        )
+        return {"steps": epochs * steps, "loss": result["history"]["loss"][-1]}
+
+    # -- the loop ---------------------------------------------------------
+
+    def _met(self, value):
+        if self.target is None:
+            return False
+        return value >= self.target if self.mode == "max" else value <= self.target
+
+    def _save_state(self, thresholds):
+        if self.directory:
+            write_json(os.path.join(self.directory, STATE_FILE), {
+                "rounds_done": len(self.history) - 1, "history": self.history, "thresholds": thresholds,
+            })
+            write_json(os.path.join(self.directory, "history.json"), self.history)
+
+    def _summarise(self, record):
+        """Round metrics as TensorBoard scalars at step = round."""
+        if not self.log_dir:
+            return
+        writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "logs", "rounds"))
+        with writer.as_default():
+            for key, value in record["metrics"].items():
+                tf.summary.scalar(f"round/{key}", value, step=record["round"])
+            for key in ("threshold", "candidate_reward_mean"):
+                if key in record:
+                    tf.summary.scalar(f"round/{key}", record[key], step=record["round"])
+        writer.close()
+
+    def _log(self, message):
+        if self.verbose != 0:
+            print(message, flush=True)
+
+    def run(self):
+        """Runs (or resumes) the rounds; returns `history`, a list of dicts.
+
+        `history[0]` is the start (round 0: evaluation only); each later
+        entry has `round`, `metrics`, `threshold`, `candidates`,
+        `candidate_reward_mean`, the adjust methods' figures and `seconds`.
+        """
+        state = {}
+        if self.directory:
+            os.makedirs(self.directory, exist_ok=True)
+            state = read_json(os.path.join(self.directory, STATE_FILE), {}) or {}
+        self.history = list(state.get("history", []))
+        thresholds = list(state.get("thresholds", []))
+        if self.history:
+            done = len(self.history) - 1
+            load_arrays(os.path.join(self.directory, f"round_{done}.npz"), self.policy.weights, "policy")
+            self._log(f"SelfFeedbackLoop: resuming after round {done} of {self.rounds}")
+        else:
+            start = time.perf_counter()
+            metrics = self.evaluate()
+            self.history.append({"round": 0, "metrics": metrics, "seconds": round(time.perf_counter() - start, 1)})
+            if self.directory:
+                save_arrays(os.path.join(self.directory, "round_0.npz"), self.policy.weights)
+            self._save_state(thresholds)
+            self._summarise(self.history[0])
+            self._log(f"round 0 (start): {_format(metrics)}")
+        while len(self.history) - 1 < self.rounds and not self._met(self.history[-1]["metrics"][self.monitor]):
+            round_index = len(self.history)
+            start = time.perf_counter()
+            # Keras-level randomness (dropout) restarts from the round's seed,
+            # so a resumed round draws what an uninterrupted one draws.
+            keras.utils.set_random_seed(self.seed * 1000 + round_index)
+            reset_seed_generators(self.policy, self.seed * 1000 + round_index)
+            record = {"round": round_index}
+            if "filtered" in self.methods:
+                rows, candidates, rewards = self._candidates(round_index)
+                quantile = self.threshold_quantiles[min(round_index - 1, len(self.threshold_quantiles) - 1)]
+                floor = thresholds[round_index - 2] if round_index > 1 else self.min_reward
+                threshold = rising_thresholds([rewards], [quantile], floor=floor)[0]
+                thresholds = thresholds[: round_index - 1] + [threshold]
+                record.update(
+                    threshold=threshold, candidates=int(len(rewards)),
+                    candidate_reward_mean=float(rewards.mean()),
+                )
+            for method in self.methods:
+                if method == "filtered":
+                    record["filtered"] = self._filtered(round_index, rows, candidates, rewards, threshold)
+                elif method == "rl":
+                    record["rl"] = self._rl(round_index)
+                else:
+                    record["contrastive"] = self._contrastive(round_index)
+            record["metrics"] = self.evaluate()
+            record["seconds"] = round(time.perf_counter() - start, 1)
+            if self.directory:
+                save_arrays(os.path.join(self.directory, f"round_{round_index}.npz"), self.policy.weights)
+            self.history.append(record)
+            self._save_state(thresholds)
+            self._summarise(record)
+            self._log(f"round {round_index}: {_format(record['metrics'])}"
+                      + (f"  threshold {record['threshold']:.4f}, kept {record['filtered']['kept']}"
+                         if "filtered" in record else ""))
+        if self.restore_best:
+            self._roll_back()
+        return self.history
+
+    def best_round(self):
+        """The round whose `monitor` is best (the first of ties)."""
+        values = [h["metrics"][self.monitor] for h in self.history]
+        return int(np.argmax(values) if self.mode == "max" else np.argmin(values))
+
+    def _roll_back(self):
+        best = self.best_round()
+        if best != len(self.history) - 1:
+            if not self.directory:
+                raise ValueError("restore_best needs a directory (the rounds' weights are kept there).")
+            load_arrays(os.path.join(self.directory, f"round_{best}.npz"), self.policy.weights, "policy")
+            self._log(f"SelfFeedbackLoop: rolled back to round {best} (best {self.monitor})")
+
+
+class _BatchTracker(keras.callbacks.Callback):
+    """Remembers the batch in progress, for error messages."""
+
+    batch = 0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.batch = batch
+
+
+_ERROR_LINE = re.compile(r"^\s*([A-Za-z_][\w.]*(?:Error|Exception)): (.+)$")
+
+
+def _root_message(error):
+    """`"ValueError: the judge is down"` out of TensorFlow's wrapped message.
+
+    A host-Python reward's exception reaches us as an `InvalidArgumentError`
+    ("Graph execution error: ...") with the original `Type: message` line
+    buried in it; a NaN check's message is its own first line.
+    """
+    text = str(error)
+    if isinstance(error, tf.errors.OpError):
+        for line in text.splitlines():
+            match = _ERROR_LINE.match(line)
+            if match:
+                return f"{match.group(1)}: {match.group(2)}"
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        for line in lines:  # e.g. "Reward component 'x' returned NaN or inf : Tensor had NaN values"
+            if "Reward component" in line or "PythonReward" in line:
+                return line
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
+
+
+def _format(metrics):
+    return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
