@@ -203,3 +203,43 @@ def test_bad_arguments_are_named():
         SelfFeedbackLoop(PolicyNetwork(TOKENIZER.vocabulary_size, 8, 8), TOKENIZER, ShareOfA(), [], VALIDATION, P, R)
     with pytest.raises(ValueError, match="Vocabulary mismatch"):
         SelfFeedbackLoop(PolicyNetwork(99, 8, 8), TOKENIZER, ShareOfA(), TRAIN, VALIDATION, P, R)
+
+
+def test_three_rounds_raise_held_out_pass_rate_on_arithmetic(tmp_path):
+    """The learning test: execution feedback fixes a systematic bug in the data.
+
+    Write an expression equal to N (N in 0..999; 300 targets held out). The
+    warm-up answers are `N+1` 60% of the time (wrong) and one of four
+    correct forms otherwise, so the MLE policy answers `N+1` greedily. The
+    reward runs each candidate through a safe evaluator (host Python), and
+    three rounds of filtered self-training on the 700 training targets must
+    carry the held-out greedy pass rate far above the start.
+    """
+    from keras_selffb.data.arithmetic import arithmetic_pairs, pass_reward, split_targets
+    from keras_selffb.text import make_dataset, pack_pairs
+    from keras_selffb.training import MLETrainer
+
+    keras.utils.set_random_seed(0)
+    train_targets, held_out = split_targets(999, 0.3, seed=0)
+    tokenizer = CharTokenizer.train(["0123456789+-*()"])
+    policy = PolicyNetwork(tokenizer.vocabulary_size, 32, 128)
+    mle = MLETrainer(policy, prompt_length=6)
+    mle.compile(optimizer=keras.optimizers.Adam(3e-3))
+    warm_up = pack_pairs(tokenizer, arithmetic_pairs(train_targets, 1, 0.6, seed=0), 6, 8)
+    mle.fit(make_dataset(warm_up, 32, shuffle=True, seed=0), epochs=15, verbose=0)
+
+    loop = SelfFeedbackLoop(
+        policy, tokenizer, PythonReward(pass_reward, tokenizer, name="passes"),
+        [(str(n), "") for n in train_targets], [(str(n), "") for n in held_out], 6, 8,
+        methods="filtered", rounds=3, num_samples=4, min_reward=1.0, threshold_quantiles=(0.0,),
+        epochs_per_round=2, batch_size=32, learning_rate=3e-3, text_metrics=False,
+        directory=str(tmp_path), seed=0, verbose=0, score_batch_size=256,
+    )
+    history = loop.run()
+    rates = [h["metrics"]["val_reward"] for h in history]
+    assert len(rates) == 4
+    assert rates[0] < 0.2, rates  # the warm-up's bug: greedy answers are mostly N+1
+    assert rates[-1] > 0.8 and rates[-1] - rates[0] > 0.6, rates
+    # Filtering kept only passing candidates (min_reward 1.0).
+    for record in history[1:]:
+        assert record["threshold"] == 1.0

@@ -9,8 +9,8 @@ self-improvement with a reward no n-gram metric can give.
   expression of non-negative integers, `+ - *` and parentheses -> `None`
   (no `eval`: the expression is parsed with `ast` and only those nodes are
   accepted, with bounds on length and size).
-- `arithmetic_pairs(targets, per_target, seed)`: `(str(N), "a+b")` pairs,
-  the supervised warm-up data.
+- `arithmetic_pairs(targets, per_target, error_rate, seed)`: the
+  supervised warm-up data, from a teacher that is wrong most of the time.
 - `pass_reward(prompts, candidates, references)`: 1.0 where the candidate
   evaluates to the prompt's number, else 0.0; a host-Python reward for
   `keras_selffb.rewards.PythonReward`.
@@ -77,34 +77,36 @@ def pass_reward(prompts, candidates, references):
     return scores
 
 
-COPY_FORMS = ("{n}+0", "{n}*1")
+CORRECT_FORMS = ("{n}+0", "{n}*1", "{n}-0", "0+{n}")
+WRONG_FORM = "{n}+1"
 
 
-def arithmetic_pairs(targets, per_target=2, copy_fraction=0.0, seed=0):
-    """`(str(N), expression)` warm-up pairs, every expression equal to N.
+def arithmetic_pairs(targets, per_target=1, error_rate=0.6, seed=0):
+    """`(str(N), expression)` warm-up pairs from a noisy teacher.
 
-    Most expressions are `a+b` with `a` drawn uniformly in `[0, N]` (hard
-    for a small model: it must subtract); a `copy_fraction` of them use N
-    itself (`N+0`, `N*1`: easy, it only copies). A model
-    warmed up on this mix mostly writes `a+b` and mostly fails; rounds of
-    self-feedback can find out, from the reward alone, that the rare copy
-    forms pass.
+    With probability `1 - error_rate` the answer is one of four correct
+    forms (`N+0`, `N*1`, `N-0`, `0+N`); otherwise it is `N+1`, a
+    systematic off-by-one error. With the default 0.6, the error is the
+    single most frequent answer, so a model trained on these pairs by
+    maximum likelihood answers `N+1` when decoding greedily, and fails.
+    Only the reward (executing the expression) can tell the forms apart:
+    the situation of supervised data with a systematic bug, fixed by
+    execution feedback.
 
     Args:
         targets: iterable of non-negative ints.
-        per_target: int. Expressions per target.
-        copy_fraction: float. Share of copy-form expressions.
+        per_target: int. Answers per target.
+        error_rate: float. Share of wrong answers.
         seed: int.
     """
     rng = np.random.default_rng(seed)
     pairs = []
     for n in targets:
         for _ in range(per_target):
-            if rng.random() < copy_fraction:
-                expression = COPY_FORMS[rng.integers(len(COPY_FORMS))].format(n=n)
+            if rng.random() < error_rate:
+                expression = WRONG_FORM.format(n=n)
             else:
-                a = int(rng.integers(0, n + 1))
-                expression = f"{a}+{n - a}"
+                expression = CORRECT_FORMS[rng.integers(len(CORRECT_FORMS))].format(n=n)
             pairs.append((str(n), expression))
     return pairs
 
