@@ -41,7 +41,7 @@ from keras_selffb.training.contrastive import (
     skipped_groups,
 )
 from keras_selffb.training.losses import global_sum, response_token_nll, split_packed
-from keras_selffb.training.trackers import RatioTracker
+from keras_selffb.training.trackers import RatioTracker, step_logs
 
 MODES = ("encoder", "sequence_likelihood")
 ANCHORS = ("reference", "source")
@@ -434,4 +434,4 @@ class ContrastiveTrainer(keras.Model):
         else:
             t["rank_loss"].update_state(logs["rank_numerator"], logs["groups"])
             t["mle_loss"].update_state(*logs["mle"])
-        return {m.name: m.result() for m in self.metrics}
+        return step_logs(self.metrics, self.distribute_strategy)

@@ -40,7 +40,7 @@ from keras_selffb.training.baselines import (
     zero_variance_fraction,
 )
 from keras_selffb.training.losses import global_sum, response_token_nll, split_packed
-from keras_selffb.training.trackers import RatioTracker, StdTracker
+from keras_selffb.training.trackers import RatioTracker, StdTracker, step_logs
 
 
 class ReinforceTrainer(keras.Model):
@@ -150,6 +150,16 @@ class ReinforceTrainer(keras.Model):
         self.baseline_steps = self.add_weight(
             shape=(), initializer="zeros", trainable=False, name="baseline_steps",
             aggregation="only_first_replica",
+        )
+        # The last training batch's rewards and advantages [B * K] (prompt-
+        # major), read by `keras_selffb.callbacks.RewardHistograms`. Plain
+        # tf.Variables of unknown shape follow a varying batch size (Keras
+        # variables have a fixed shape); under a distribution strategy they
+        # hold the FIRST replica's rows.
+        self.last_rewards, self.last_advantages = (
+            tf.Variable(tf.zeros([0]), shape=tf.TensorShape(None), trainable=False, name=name,
+                        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+            for name in ("last_rewards", "last_advantages")
         )
         self._bias = special_token_bias(policy.vocab_size)
         # Every logged value is a metric whose state is sums, so Keras reads
@@ -298,6 +308,8 @@ class ReinforceTrainer(keras.Model):
         with tf.control_dependencies([logs.get("global_kl", loss)]):
             gradients = tape.gradient(loss, variables)
         self.optimizer.apply(gradients, variables)
+        self.last_rewards.assign(logs["rewards"])
+        self.last_advantages.assign(logs["advantages"])
         if self.target_kl is not None:
             self.kl_coef.assign(adaptive_kl_coefficient(self.kl_coef, logs["global_kl"], self.target_kl))
         return self._update_trackers(logs)
@@ -320,10 +332,10 @@ class ReinforceTrainer(keras.Model):
         t["candidate_length"].update_state(logs["tokens"], rows)
         groups = rows / self.num_samples
         t["zero_variance_groups"].update_state(
-            zero_variance_fraction(rewards, self.num_samples) * groups, groups
+            tf.math.multiply_no_nan(zero_variance_fraction(rewards, self.num_samples), groups), groups
         )
         if "mle_loss" in t:
             t["mle_loss"].update_state(*logs["mle"])
         for name, value in logs["components"].items():
             self._component_trackers[name].update_state(tf.reduce_sum(value), rows)
-        return {m.name: m.result() for m in self.metrics}
+        return step_logs(self.metrics, self.distribute_strategy)

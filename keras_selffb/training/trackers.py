@@ -1,7 +1,22 @@
 """Metric trackers whose state is sums, so they are exact across batches and replicas."""
 
 import keras
+import tensorflow as tf
 from keras import ops
+
+
+def step_logs(metrics, strategy):
+    """`{name: result}` of `metrics`, shaped for `fit()` under `strategy`.
+
+    Under a `MultiWorkerMirroredStrategy`, Keras 3 reduces each step output
+    with `strategy.reduce(MEAN, value, axis=0)`, which fails on a scalar
+    (keras-team/keras#20585), so there every value gets shape `(1,)`.
+    Epoch logs are unaffected: `fit()` reads them from the metrics.
+    """
+    logs = {m.name: m.result() for m in metrics}
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        logs = {name: ops.reshape(value, (1,)) for name, value in logs.items()}
+    return logs
 
 
 @keras.saving.register_keras_serializable(package="keras_selffb")
