@@ -30,6 +30,8 @@ def _parser():
     train.add_argument("--rounds", type=int, help="self-feedback rounds after MLE (0: none)")
     train.add_argument("--methods", help="adjust methods per round, comma-separated: rl,filtered,contrastive")
     train.add_argument("--target", type=float, help="stop the rounds once the monitored metric reaches this")
+    train.add_argument("--strategy", choices=["default", "mirrored", "multi_worker"],
+                       help="tf.distribute strategy (see docs/distributed.md)")
     resume = train.add_mutually_exclusive_group()
     resume.add_argument("--resume", action="store_true",
                         help="continue the interrupted run in --output/--name with its saved settings")
@@ -71,6 +73,7 @@ def _train(args):
             "feedback_rounds": args.rounds,
             "feedback_methods": args.methods,
             "feedback_target": args.target,
+            "strategy": args.strategy,
         }.items()
         if value is not None
     }

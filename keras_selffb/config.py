@@ -66,6 +66,10 @@ class TrainConfig:
         rl_gamma: float. Weight of the RL loss; `1 - rl_gamma` keeps MLE on
             the references so perplexity does not blow up.
         rl_temperature: float. Sampling temperature of the candidates.
+        strategy: str. `"default"` (one device), `"mirrored"` (all GPUs of
+            this machine) or `"multi_worker"` (the cluster in `TF_CONFIG`);
+            see docs/distributed.md. `batch_size` and `rl_batch_size` are
+            global batch sizes.
         contrastive_epochs: int. Epochs of the contrastive stage after RL
             (0, the default, skips it; see docs/contrastive.md).
         contrastive_mode: str. `"sequence_likelihood"` (trains the policy,
@@ -110,6 +114,7 @@ class TrainConfig:
     rl_kl_coef: float = 0.05
     rl_gamma: float = 0.9
     rl_temperature: float = 1.0
+    strategy: str = "default"
     contrastive_epochs: int = 0
     contrastive_mode: str = "sequence_likelihood"
 
@@ -176,6 +181,10 @@ class TrainConfig:
             )
         if self.filter_epochs < 1:
             raise ValueError(f"Config field 'filter_epochs' must be >= 1, got {self.filter_epochs}.")
+        if self.strategy not in ("default", "mirrored", "multi_worker"):
+            raise ValueError(
+                f"Config field 'strategy' must be 'default', 'mirrored' or 'multi_worker', got {self.strategy!r}."
+            )
         if self.rl_steps < 0:
             raise ValueError(f"Config field 'rl_steps' must be >= 0, got {self.rl_steps}.")
         if self.learning_rate <= 0:

@@ -25,6 +25,7 @@ rather than mixed into the old run: use `fresh=True` (`--fresh`) or
 another name.
 """
 
+import dataclasses
 import json
 import os
 import shutil
@@ -37,6 +38,7 @@ import yaml
 
 from keras_selffb.config import TrainConfig
 from keras_selffb.data import load_chatterbot, load_pairs, split_pairs
+from keras_selffb.distribute import data_sharding_options, get_strategy, is_chief, read_tf_config
 from keras_selffb.models import PolicyNetwork, ResponseGenerator, frozen_copy
 from keras_selffb.text import load_tokenizer, make_dataset, pack_pairs, save_tokenizer, train_tokenizer
 from keras_selffb.evaluation import evaluate_policy
@@ -100,7 +102,8 @@ def train_mle(config, train_packed, validation_packed, vocab_size, verbose=None)
     train_packed = np.asarray(train_packed, np.int32)
 
     def epoch_data(epoch):
-        return make_dataset(train_packed[epoch_order(len(train_packed), config.seed, epoch)], config.batch_size)
+        rows = train_packed[epoch_order(len(train_packed), config.seed, epoch)]
+        return make_dataset(rows, config.batch_size).with_options(data_sharding_options())
 
     callbacks = [
         keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=True),
@@ -201,7 +204,7 @@ def check_resumable(config, fresh=False):
         )
 
 
-def run_train(config=None, verbose=None, fresh=False):
+def run_train(config=None, verbose=None, fresh=False, strategy=None):
     """Runs (or resumes) the whole pipeline for `config`; returns the metrics dict.
 
     Stages: tokenizer -> MLE warm-up (resumable per epoch; skipped when a
@@ -214,8 +217,26 @@ def run_train(config=None, verbose=None, fresh=False):
         config: a `TrainConfig`. Defaults to the default settings.
         verbose: `fit` verbosity; None picks a progress bar on a terminal.
         fresh: bool. Delete an existing run in the run directory first.
+        strategy: a `tf.distribute.Strategy` to use instead of
+            `config.strategy`. Everything (policy, trainers, optimizers,
+            metrics) is created in its scope.
     """
     config = config or TrainConfig()
+    # First: MultiWorkerMirroredStrategy must exist before any TF op runs.
+    strategy = get_strategy(strategy or config.strategy)
+    if not is_chief(strategy):
+        # Workers other than the chief compute the same steps but write to
+        # a directory of their own, so they never clobber the chief's files.
+        worker = read_tf_config()["task"]["index"]
+        config = dataclasses.replace(config, output=f"{config.run_dir.rstrip(os.sep)}.worker_{worker}")
+    print(f"strategy: {type(strategy).__name__}, {strategy.num_replicas_in_sync} replica(s)"
+          + ("" if config.strategy == "default" and strategy.num_replicas_in_sync == 1 else
+             f"; global batch {config.batch_size} (MLE), {config.rl_batch_size} prompts (RL)"))
+    with strategy.scope():
+        return _run_train(config, verbose, fresh)
+
+
+def _run_train(config, verbose, fresh):
     keras.utils.set_random_seed(config.seed)
     run_dir = config.run_dir
     check_resumable(config, fresh)

@@ -1,0 +1,48 @@
+"""`keras-selffb train --strategy mirrored` on 2 logical CPUs equals the default run.
+
+Run in subprocesses: logical devices must be configured before TensorFlow
+initialises, and the test process already holds its own strategy.
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+SCRIPT = """
+import sys, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from keras_selffb.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_mirrored_cli_run_equals_default(tmp_path):
+    lines = [json.dumps({"prompt": f"{p} {i}", "response": r}, ensure_ascii=False)
+             for i in range(8) for p, r in [("hello", "hi there"), ("你好", "你好！"), ("café?", "oui, café.")]]
+    (tmp_path / "pairs.jsonl").write_text("\n".join(lines), encoding="utf-8")
+    # No dropout: the replicas would draw other masks than one device.
+    config = {"embedding_dim": 16, "hidden_dim": 32, "batch_size": 8, "learning_rate": 0.01, "dropout": 0.0,
+              "prompt_length": 16, "response_length": 12, "num_samples": 1, "epochs": 2,
+              "feedback_rounds": 0}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    reports, outputs = {}, {}
+    for strategy in ("default", "mirrored"):
+        run = tmp_path / strategy
+        result = subprocess.run(
+            [sys.executable, "-c", SCRIPT, "train", "--config", str(tmp_path / "c.yaml"), "--data",
+             str(tmp_path / "pairs.jsonl"), "--output", str(run), "--strategy", strategy],
+            capture_output=True, text=True, timeout=600,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        outputs[strategy] = result.stdout
+        reports[strategy] = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    assert "MirroredStrategy, 2 replica(s)" in outputs["mirrored"]
+    assert "1 replica(s)" in outputs["default"]
+    for key in ("validation_perplexity", "test_perplexity"):
+        assert reports["mirrored"]["mle"][key] == pytest.approx(reports["default"]["mle"][key], rel=1e-4), key
+    assert reports["mirrored"]["mle"]["epochs"] == reports["default"]["mle"]["epochs"] == 2
