@@ -40,6 +40,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_selffb.callbacks import RewardHistograms, TextSamples
 from keras_selffb.evaluation import evaluate_policy
 from keras_selffb.models.generation import generate_ids, get_sampler
 from keras_selffb.models.policy_network import frozen_copy
@@ -178,7 +179,10 @@ class SelfFeedbackLoop:
         directory: str or None. Checkpoints and `history.json`; None keeps
             nothing on disk (and cannot resume).
         log_dir: str or None. Per-method `<method>_history.csv` and
-            TensorBoard logs (`logs/<method>`, `logs/rounds`) go here.
+            TensorBoard logs go here: `logs/<method>` (the fit logs, sample
+            replies to 4 validation prompts with their rewards as text,
+            reward/advantage histograms for `"rl"`) and `logs/rounds`
+            (the round metrics, step = round).
         seed: int. Defaults to `0`.
         callbacks: Keras callbacks passed to every `fit` (e.g.
             `TensorBoard`, `GenerationMetrics`).
@@ -391,10 +395,17 @@ class SelfFeedbackLoop:
     def _method_callbacks(self, method, trainer):
         callbacks = list(self.callbacks)
         if self.log_dir:
+            logs = os.path.join(self.log_dir, "logs", method)
+            samples = self.validation_pairs[:4]
             callbacks += [
                 keras.callbacks.CSVLogger(os.path.join(self.log_dir, f"{method}_history.csv"), append=True),
-                keras.callbacks.TensorBoard(os.path.join(self.log_dir, "logs", method)),
+                keras.callbacks.TensorBoard(logs),
+                TextSamples([p for p, _ in samples], self.tokenizer, logs, self.prompt_length,
+                            self.max_new_tokens, reward=self.reward, references=[r for _, r in samples],
+                            seed=self.seed),
             ]
+            if method == "rl":
+                callbacks.append(RewardHistograms(logs, every_n_steps=5))
         return callbacks + [_BatchTracker()]
 
     def _fit(self, trainer, round_index, method, epoch_data, epochs, steps_per_epoch=None, reseed=None):
