@@ -6,3 +6,14 @@ policy gradient or a contrastive margin loss, all through `model.fit`.
 """
 
 __version__ = "0.1.0"
+
+__all__ = ["SelfFeedbackLoop"]
+
+
+def __getattr__(name):
+    # Lazy: `import keras_selffb` (and the CLI's start) stays free of TensorFlow.
+    if name == "SelfFeedbackLoop":
+        from keras_selffb.loop import SelfFeedbackLoop
+
+        return SelfFeedbackLoop
+    raise AttributeError(f"module 'keras_selffb' has no attribute {name!r}")

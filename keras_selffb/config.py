@@ -36,6 +36,9 @@ class TrainConfig:
             validation perplexity, keeping the best epoch's weights.
         learning_rate: float. Adam learning rate.
         seed: int. Seeds the split, the weights, shuffling and sampling.
+        deduplicate: bool. Drop exact duplicate (prompt, response) pairs
+            before splitting (the embedded English corpus repeats some
+            pairs over 100 times).
         validation_fraction, test_fraction: float. Split by prompt.
         num_samples: int. Validation prompts shown with replies at the end.
         sampler: str. Sampler for the sample replies.
@@ -89,10 +92,11 @@ class TrainConfig:
     num_layers: int = 1
     dropout: float = 0.1
     batch_size: int = 32
-    epochs: int = 6
+    epochs: int = 15
     patience: int = 2
     learning_rate: float = 3e-3
     seed: int = 0
+    deduplicate: bool = True
     validation_fraction: float = 0.1
     test_fraction: float = 0.1
     num_samples: int = 5

@@ -34,6 +34,7 @@ import time
 
 import keras
 import numpy as np
+import tensorflow as tf
 import yaml
 
 from keras_selffb.config import TrainConfig
@@ -56,8 +57,19 @@ _RESUME_FREE = ("name", "output", "num_samples", "sampler")
 
 
 def load_data(config):
-    """Loads and splits the run's pairs: `(train, validation, test)`."""
+    """Loads and splits the run's pairs: `(train, validation, test, duplicates)`.
+
+    Exact duplicate (prompt, response) pairs are dropped first (with
+    `config.deduplicate`): the embedded English corpus holds 2,377 pairs
+    of which only 1,243 are distinct (ten tech-support pairs repeat 88-121
+    times each), and a duplicate adds only weight, and lets one pair
+    dominate a validation score.
+    """
     pairs = load_pairs(config.data) if config.data else load_chatterbot(config.language)
+    duplicates = 0
+    if config.deduplicate:
+        distinct = list(dict.fromkeys(pairs))
+        duplicates, pairs = len(pairs) - len(distinct), distinct
     train, validation, test = split_pairs(
         pairs, config.seed, config.validation_fraction, config.test_fraction
     )
@@ -67,7 +79,7 @@ def load_data(config):
             f"validation_fraction={config.validation_fraction}); use more data "
             "or a larger validation_fraction."
         )
-    return train, validation, test
+    return train, validation, test, duplicates
 
 
 def _verbosity(verbose):
@@ -229,9 +241,11 @@ def run_train(config=None, verbose=None, fresh=False, strategy=None):
         # a directory of their own, so they never clobber the chief's files.
         worker = read_tf_config()["task"]["index"]
         config = dataclasses.replace(config, output=f"{config.run_dir.rstrip(os.sep)}.worker_{worker}")
-    print(f"strategy: {type(strategy).__name__}, {strategy.num_replicas_in_sync} replica(s)"
-          + ("" if config.strategy == "default" and strategy.num_replicas_in_sync == 1 else
-             f"; global batch {config.batch_size} (MLE), {config.rl_batch_size} prompts (RL)"))
+    if strategy is not tf.distribute.get_strategy():  # not the default, one-device strategy
+        print(f"strategy: {type(strategy).__name__}, {strategy.num_replicas_in_sync} replica(s); global "
+              f"batch {config.batch_size} (MLE), {config.rl_batch_size} prompts (RL)")
+    else:
+        print(f"strategy: one device, {strategy.num_replicas_in_sync} replica(s)")
     with strategy.scope():
         return _run_train(config, verbose, fresh)
 
@@ -244,14 +258,15 @@ def _run_train(config, verbose, fresh):
     with open(os.path.join(run_dir, CONFIG_FILE), "w", encoding="utf-8") as f:
         yaml.safe_dump(config.to_dict(), f, allow_unicode=True, sort_keys=False)
 
-    train, validation, test = load_data(config)
+    train, validation, test, duplicates = load_data(config)
     texts = [text for pair in train for text in pair]
     tokenizer = train_tokenizer(texts, config.tokenizer, config.vocabulary_size)
     save_tokenizer(tokenizer, run_dir)
     pack = lambda pairs: pack_pairs(tokenizer, pairs, config.prompt_length, config.response_length)  # noqa: E731
     train_packed, validation_packed = pack(train), pack(validation)
     report = {
-        "examples": {"train": len(train), "validation": len(validation), "test": len(test)},
+        "examples": {"train": len(train), "validation": len(validation), "test": len(test),
+                     "duplicates_dropped": duplicates},
         "vocabulary_size": tokenizer.vocabulary_size,
     }
 

@@ -38,7 +38,7 @@ def test_train_then_generate(tmp_path, data_file, capsys):
             {"embedding_dim": 16, "hidden_dim": 32, "batch_size": 8, "learning_rate": 0.01,
              "prompt_length": 24, "response_length": 16, "num_samples": 2,
              "rl_steps": 3, "rl_batch_size": 4, "rl_samples": 2, "rl_learning_rate": 1e-3,
-             "contrastive_epochs": 1}
+             "feedback_rounds": 1, "contrastive_epochs": 1}
         )
     )
     run = tmp_path / "run"
@@ -46,28 +46,32 @@ def test_train_then_generate(tmp_path, data_file, capsys):
                  "--output", str(run), "--epochs", "6", "--seed", "3"])
     assert code == 0
     for name in ("tokenizer.json", "policy.keras", "policy_mle.keras", "config.yaml", "metrics.json",
-                 "history.csv", "curves.png", "rl_history.csv"):
+                 "history.csv", "curves.png", "rl_history.csv", "rounds.png"):
         assert (run / name).exists(), name
     assert os.listdir(run / "logs")  # TensorBoard event files
     report = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
     mle = report["mle"]
     assert mle["validation_perplexity"] < 0.5 * mle["validation_unigram_perplexity"]
     assert len(report["samples"]) == 2
-    assert report["rl"]["steps"] == 3
+    assert [r["round"] for r in report["rounds"]] == [0, 1]
+    assert report["rounds"][1]["rl"]["steps"] == 3
+    assert report["feedback"]["methods"] == ["rl"]
     assert report["contrastive"]["mode"] == "sequence_likelihood"
     assert -1.0 <= report["contrastive"]["after"]["spearman"] <= 1.0
-    for stage in ("mle", "rl", "contrastive"):
+    for stage in ("mle", "round 1", "contrastive"):
         scores = report["validation"][stage]
         assert 0.0 <= scores["rouge_l"] <= 1.0 and 0.0 <= scores["bleu"] <= 100.0
     # The MLE-stage perplexity of the report is the one the evaluation recomputes.
     assert report["validation"]["mle"]["perplexity"] == pytest.approx(mle["validation_perplexity"], rel=1e-3)
     out = capsys.readouterr().out
-    assert "unigram" in out and "after RL" in out and "contrastive (sequence_likelihood)" in out
+    assert "unigram" in out and "after round 1" in out and "contrastive (sequence_likelihood)" in out
 
-    # Run again: the finished MLE stage is loaded, not retrained.
+    # Run again: the finished MLE stage is loaded, not retrained, and the
+    # finished rounds are not run again.
     assert main(["train", "--config", str(config), "--data", str(data_file),
                  "--output", str(run), "--epochs", "6", "--seed", "3"]) == 0
-    assert "MLE stage already finished" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "MLE stage already finished" in out and "resuming after round 1" in out
 
     assert main(["generate", "--run", str(run), "hello 3", "你好 5"]) == 0
     out = capsys.readouterr().out.splitlines()
