@@ -51,12 +51,23 @@ class RewardHistograms(keras.callbacks.Callback):
             )
 
     def on_train_batch_end(self, batch, logs=None):
-        step = int(self.model.optimizer.iterations)
+        step = int(_local_value(self.model.optimizer.iterations).numpy())
         if step % self.every_n_steps:
             return
         with self._writer.as_default(step=step):
-            tf.summary.histogram("reward", tf.convert_to_tensor(self.model.last_rewards))
-            tf.summary.histogram("advantage", tf.convert_to_tensor(self.model.last_advantages))
+            tf.summary.histogram("reward", _local_value(self.model.last_rewards))
+            tf.summary.histogram("advantage", _local_value(self.model.last_advantages))
 
     def on_train_end(self, logs=None):
         self._writer.close()
+
+
+def _local_value(variable):
+    """This worker's copy of a (possibly distributed) variable, as a tensor.
+
+    Under MultiWorkerMirroredStrategy, reading a mirrored variable in the
+    cross-replica context of a callback fails; its local copy does not.
+    """
+    value = getattr(variable, "value", variable)  # a Keras variable wraps a tf one
+    local = tf.distribute.get_strategy().experimental_local_results(value)[0]
+    return tf.convert_to_tensor(local)
