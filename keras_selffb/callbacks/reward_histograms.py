@@ -68,6 +68,6 @@ def _local_value(variable):
     Under MultiWorkerMirroredStrategy, reading a mirrored variable in the
     cross-replica context of a callback fails; its local copy does not.
     """
-    value = getattr(variable, "value", variable)  # a Keras variable wraps a tf one
+    value = variable.value if isinstance(variable, keras.Variable) else variable  # unwrap Keras
     local = tf.distribute.get_strategy().experimental_local_results(value)[0]
     return tf.convert_to_tensor(local)
