@@ -41,8 +41,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_selffb.callbacks import RewardHistograms, TextSamples
-from keras_selffb.evaluation import evaluate_policy
-from keras_selffb.models.generation import generate_ids, get_sampler
+from keras_selffb.evaluation import reference_perplexity, score_replies
+from keras_selffb.models.generation import generate_ids, get_sampler, reseed_sampler
 from keras_selffb.models.policy_network import frozen_copy
 from keras_selffb.text.packing import pack_pairs
 from keras_selffb.text.tokenizer import NUM_RESERVED
@@ -284,6 +284,9 @@ class SelfFeedbackLoop:
         self.train_pairs = list(train_pairs)
         self.validation_pairs = list(validation_pairs)
         self.train_packed = pack_pairs(tokenizer, self.train_pairs, prompt_length, max_new_tokens, warn=False)
+        self.validation_packed = pack_pairs(
+            tokenizer, self.validation_pairs, prompt_length, max_new_tokens, warn=False
+        )
         self.history = []
         self._sampler = get_sampler("random", temperature=temperature, seed=seed)
         self._greedy = get_sampler("greedy")
@@ -315,8 +318,7 @@ class SelfFeedbackLoop:
         Rows are prompt-major (`num_samples` in a row per prompt).
         """
         if seed is not None:
-            for variable in self._sampler.variables:
-                variable.assign(tf.cast([seed, 0], variable.dtype))
+            reseed_sampler(self._sampler, seed)
         rows = np.repeat(np.asarray(packed, np.int32), num_samples, axis=0)
         out = []
         for _, chunk, real in self._batches(rows):
@@ -357,17 +359,21 @@ class SelfFeedbackLoop:
     # -- (d) evaluate -----------------------------------------------------
 
     def evaluate(self):
-        """Greedy replies on the validation pairs: `val_reward` (+ text metrics)."""
-        packed = pack_pairs(
-            self.tokenizer, self.validation_pairs, self.prompt_length, self.max_new_tokens, warn=False
-        )
-        candidates, rows = self.generate(packed, 1, greedy=True)
+        """Greedy replies on the validation pairs: `val_reward` (+ text metrics).
+
+        The replies are generated once and both scored by the reward and,
+        detokenized, by ROUGE-L and BLEU (`score_replies`), so the figures
+        are those of `evaluate_policy` without generating twice.
+        """
+        candidates, rows = self.generate(self.validation_packed, 1, greedy=True)
         metrics = {"val_reward": float(np.mean(self.score(rows, candidates)))}
         if self.text_metrics:
-            result = evaluate_policy(
-                self.policy, self.tokenizer, self.validation_pairs, self.prompt_length, self.max_new_tokens
+            replies = [t.decode("utf-8") for t in self.tokenizer.detokenize(candidates).numpy()]
+            scores = score_replies([r for _, r in self.validation_pairs], replies)
+            metrics.update({f"val_{k}": v for k, v in scores.items()})
+            metrics["val_perplexity"] = reference_perplexity(
+                self.policy, self.validation_packed, self.prompt_length, self.score_batch_size
             )
-            metrics.update({f"val_{k}": v for k, v in result.items() if k != "replies"})
         return metrics
 
     # -- (c) adjust -------------------------------------------------------
@@ -471,8 +477,7 @@ class SelfFeedbackLoop:
 
     def _reseeder(self, trainer, round_index):
         def reseed(epoch):
-            for variable in trainer.sampler.variables:
-                variable.assign(tf.cast([(self.seed * 1000 + round_index) * 1000 + epoch, 1], variable.dtype))
+            reseed_sampler(trainer.sampler, (self.seed * 1000 + round_index) * 1000 + epoch, stream=1)
 
         return reseed
 

@@ -303,7 +303,7 @@ def _run_train(config, verbose, fresh):
             "methods": list(loop.methods), "seconds": round(time.perf_counter() - start, 1),
             "rounds": len(rounds) - 1, "target": config.feedback_target, "monitor": config.feedback_monitor,
         }
-        evaluation = {_stage_name(r, loop.methods): _round_scores(r["metrics"]) for r in rounds}
+        evaluation = {_stage_name(r): _round_scores(r["metrics"]) for r in rounds}
         plot_rounds(rounds, os.path.join(run_dir, "rounds.png"))
     else:
         evaluation = {"mle": _scores(evaluate_policy(policy, tokenizer, validation, *lengths))}
@@ -334,7 +334,7 @@ def _run_train(config, verbose, fresh):
     return report
 
 
-def _stage_name(record, methods):
+def _stage_name(record):
     return "mle" if record["round"] == 0 else f"round {record['round']}"
 
 

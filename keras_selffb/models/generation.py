@@ -118,6 +118,17 @@ def sample_candidates(policy, prompt_ids, num_samples, max_new_tokens, sampler):
     return prompts, ops.stop_gradient(candidates)
 
 
+def reseed_sampler(sampler, seed, stream=0):
+    """Resets a keras-hub sampler's random state to `(seed, stream)`.
+
+    A sampler built with a seed draws from a `SeedGenerator`; resetting its
+    state makes the next draws depend on `seed` alone, not on what was drawn
+    before. Greedy and beam samplers hold no state: nothing happens.
+    """
+    for variable in sampler.variables:
+        variable.assign(ops.cast([seed, stream], variable.dtype))
+
+
 class ResponseGenerator:
     """Strings in, strings out: tokenizes, packs, samples, detokenizes.
 
@@ -155,8 +166,7 @@ class ResponseGenerator:
 
     def reseed(self, seed):
         """Resets the sampler's random state to `seed`."""
-        for variable in self.sampler.variables:
-            variable.assign(ops.cast([seed, 0], variable.dtype))
+        reseed_sampler(self.sampler, seed)
 
     def generate_ids(self, prompts, seed=None):
         """Returns `(prompt_ids, response_ids, truncated)` for a list of str."""
