@@ -7,8 +7,9 @@ input batch and takes an argmax, so nothing it does can learn. Here:
    corpus by maximum likelihood;
 2. a `ReinforceTrainer` samples K replies per prompt, scores them with the
    article's reward R = fluency + relevance + informativeness (plus, by
-   default, ROUGE-L against the reference reply), baselines them with RLOO
-   and follows the policy gradient, keeping an MLE term and a KL penalty to
+   default, ROUGE-L against the reference reply), makes the greedy reply
+   one of the K (so the reply greedy decoding returns is trained too),
+   baselines them with RLOO and follows the policy gradient, keeping an MLE term and a KL penalty to
    the MLE policy;
 3. validation ROUGE-L / BLEU / perplexity are printed before and after, with
    the mean of each reward component.
@@ -44,7 +45,8 @@ def main():
     args = parser.parse_args()
     keras.utils.set_random_seed(args.seed)
 
-    train, validation, _ = split_pairs(load_chatterbot(args.language), seed=args.seed)
+    pairs = list(dict.fromkeys(load_chatterbot(args.language)))  # the corpus repeats some pairs
+    train, validation, _ = split_pairs(pairs, seed=args.seed)
     tokenizer = CharTokenizer.train([t for pair in train for t in pair])
     packed = pack_pairs(tokenizer, train, PROMPT_LENGTH, RESPONSE_LENGTH, warn=False)
 
@@ -60,7 +62,7 @@ def main():
         reward = WeightedReward({reward: 1.0, RougeLReward(tokenizer): args.rouge_weight}, name="total")
     rl = ReinforceTrainer(policy, reward, PROMPT_LENGTH, RESPONSE_LENGTH, num_samples=4,
                           baseline="rloo", kl_coef=0.05, reference_policy=reference, gamma=0.8,
-                          temperature=0.8, seed=args.seed)
+                          temperature=0.8, include_greedy=True, seed=args.seed)
     rl.compile(optimizer=keras.optimizers.Adam(5e-4, clipnorm=1.0))
     dataset = make_dataset(packed, 16, shuffle=True, seed=args.seed, drop_remainder=True).repeat()
     history = rl.fit(dataset, epochs=1, steps_per_epoch=args.rl_steps, verbose=2).history

@@ -179,6 +179,7 @@ def build_loop(config, policy, tokenizer, train, validation, verbose=None):
             "kl_coef": config.rl_kl_coef,
             "reference_policy": reference if config.rl_kl_coef > 0 else None,
             "gamma": config.rl_gamma,
+            "include_greedy": config.rl_include_greedy,
         },
         monitor=config.feedback_monitor,
         target=config.feedback_target,

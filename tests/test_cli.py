@@ -88,12 +88,14 @@ def test_train_then_generate(tmp_path, data_file, capsys):
         (["train", "--data", "/nonexistent/data.jsonl", "--output", "{tmp}/r"], "Data file not found"),
         (["train", "--config", "/nonexistent.yaml"], "Config file not found"),
         (["train", "--config", "{tmp}/bad.yaml"], "unknown setting(s) ['epoch']"),
+        (["train", "--config", "{tmp}/greedy.yaml"], "'rl_include_greedy' needs rl_samples >= 2"),
         (["generate", "--run", "{tmp}/missing", "hi"], "Run directory not found"),
         (["generate", "--run", "{tmp}", "hi"], "has no policy.keras"),
     ],
 )
 def test_bad_input_gets_one_clear_line(tmp_path, capsys, argv, message):
     (tmp_path / "bad.yaml").write_text("epoch: 3\n")
+    (tmp_path / "greedy.yaml").write_text("rl_baseline: self_critical\n")
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     assert main(argv) == 2
     err = capsys.readouterr().err

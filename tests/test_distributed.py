@@ -77,3 +77,15 @@ def test_reinforce_step_two_replicas_equals_one():
         )
 
     assert_same_step(make)
+
+
+def test_reinforce_step_with_the_greedy_candidate_two_replicas_equals_one():
+    # include_greedy builds each group from per-replica rows (K - 1 samples
+    # + the greedy decode); greedy sampling keeps both setups identical.
+    def make(policy):
+        return ReinforceTrainer(
+            policy, CountReward(), prompt_length=4, max_new_tokens=4, num_samples=3,
+            sampler="greedy", baseline="rloo", include_greedy=True, kl_coef=0.1, gamma=0.7,
+        )
+
+    assert_same_step(make)

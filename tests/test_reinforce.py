@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from keras_selffb.metrics import rouge_l_ids
 from keras_selffb.models import PolicyNetwork, ResponseGenerator
+from keras_selffb.models.generation import generate_ids, get_sampler
 from keras_selffb.rewards.base import Reward
 from keras_selffb.text import EOS_ID, PAD_ID, RESERVED_TOKENS, CharTokenizer, make_dataset, pack_pairs
 from keras_selffb.training import MLETrainer, ReinforceTrainer
@@ -214,6 +215,43 @@ def test_bad_arguments():
         ReinforceTrainer(policy, FixedReward([0.0]), 3, 3, baseline="critic")
     with pytest.raises(ValueError, match="temperature"):
         ReinforceTrainer(policy, FixedReward([0.0]), 3, 3, temperature=0.0)
+    with pytest.raises(ValueError, match="include_greedy=True needs num_samples >= 2"):
+        ReinforceTrainer(policy, FixedReward([0.0]), 3, 3, num_samples=1, baseline="none",
+                         include_greedy=True)
+    with pytest.raises(ValueError, match="'self_critical'"):
+        ReinforceTrainer(policy, FixedReward([0.0]), 3, 3, baseline="self_critical", include_greedy=True)
+
+
+def test_include_greedy_puts_the_greedy_decode_last_in_every_group():
+    keras.utils.set_random_seed(3)
+    policy = PolicyNetwork(VOCAB, 4, 8)
+    trainer = ReinforceTrainer(policy, FixedReward([0.0] * 6), 3, 4, num_samples=3, seed=0,
+                               include_greedy=True)
+    prompt_ids = tf.constant(toy_batch()[:, :3])
+    prompts, candidates = trainer.sample(prompt_ids)
+    expected_greedy = generate_ids(policy, prompt_ids, 4, get_sampler("greedy")).numpy()
+    candidates = candidates.numpy()
+    assert candidates.shape == (6, 4)
+    np.testing.assert_array_equal(prompts.numpy(), np.repeat(toy_batch()[:, :3], 3, axis=0))
+    np.testing.assert_array_equal(candidates[2::3], expected_greedy)
+    # The other rows are samples: the same sampler seed gives the same rows
+    # as a plain K - 1 draw.
+    plain = ReinforceTrainer(policy, FixedReward([0.0] * 4), 3, 4, num_samples=2, seed=0)
+    _, sampled = plain.sample(prompt_ids)
+    np.testing.assert_array_equal(np.delete(candidates, [2, 5], axis=0), sampled.numpy())
+
+
+def test_include_greedy_advantage_is_greedy_reward_minus_mean_of_samples():
+    # Rewards of (sample, sample, greedy) for two prompts; RLOO over the group.
+    rewards = [0.2, 0.4, 0.0, 0.9, 0.1, 0.8]
+    policy = PolicyNetwork(VOCAB, 4, 4)
+    trainer = ReinforceTrainer(policy, FixedReward(rewards), 3, 2, num_samples=3, seed=0,
+                               include_greedy=True)
+    _, logs = trainer.compute_losses(toy_batch())
+    advantages = logs["advantages"].numpy()
+    # Greedy rows: 0.0 - (0.2 + 0.4) / 2 = -0.3 (pushed down); 0.8 - 0.5 = 0.3 (pushed up).
+    np.testing.assert_allclose(advantages[[2, 5]], [-0.3, 0.3], atol=1e-6)
+    np.testing.assert_allclose(advantages[[0, 1]], [0.2 - 0.2, 0.4 - 0.1], atol=1e-6)
 
 
 @pytest.mark.slow

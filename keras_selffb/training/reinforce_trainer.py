@@ -4,6 +4,7 @@ The article's section 3.1/4.1 made to learn. Per batch of packed
 (prompt, reference) rows:
 
 1. sample K candidates per prompt with a keras-hub sampler (no gradient);
+   with `include_greedy=True` the K-th candidate is the greedy decode;
 2. score them with the reward (any `keras_selffb.rewards.Reward`);
 3. subtract a baseline (RLOO, self-critical, moving average or none),
    optionally whiten;
@@ -71,6 +72,17 @@ class ReinforceTrainer(keras.Model):
         gamma: float. Weight of the RL loss; `1 - gamma` weighs MLE on the
             references (Paulus et al. 2017). Defaults to `1.0`.
         entropy_coef: float. Entropy bonus weight. Defaults to `0.0`.
+        include_greedy: bool. Make the last of the K candidates of every
+            prompt its greedy decode instead of a sample. The greedy reply
+            then takes part in the baseline and gets an advantage of its own:
+            it is pushed down when the samples beat it and up when it beats
+            them, which trains the reply that greedy decoding (`generate`,
+            the evaluation, the SavedModel) returns. The gradient is no
+            longer an unbiased policy-gradient estimate (the greedy row is
+            not a sample). Needs `num_samples >= 2` and not the
+            `"self_critical"` baseline (whose greedy row would always get
+            advantage 0). Defaults to `False`; see docs/reinforce.md for
+            what it changed on the embedded corpus.
         seed: int or None. Seeds the sampler. Defaults to `None`.
     """
 
@@ -92,6 +104,7 @@ class ReinforceTrainer(keras.Model):
         reference_policy=None,
         gamma=1.0,
         entropy_coef=0.0,
+        include_greedy=False,
         seed=None,
         **kwargs,
     ):
@@ -103,6 +116,12 @@ class ReinforceTrainer(keras.Model):
         if num_samples < 1 or (baseline == "rloo" and num_samples < 2):
             raise ValueError(
                 f"num_samples={num_samples}: need >= 1, and >= 2 for the rloo baseline."
+            )
+        if include_greedy and (num_samples < 2 or baseline == "self_critical"):
+            raise ValueError(
+                f"include_greedy=True needs num_samples >= 2 (got {num_samples}) and a baseline "
+                f"other than 'self_critical' (got {baseline!r}): the greedy row would get "
+                "advantage 0 against a greedy baseline."
             )
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0; got {temperature}.")
@@ -127,6 +146,7 @@ class ReinforceTrainer(keras.Model):
         self.target_kl = target_kl
         self.gamma = gamma
         self.entropy_coef = entropy_coef
+        self.include_greedy = bool(include_greedy)
         sampler_kwargs = {"temperature": self.temperature}
         if seed is not None:
             sampler_kwargs["seed"] = seed
@@ -186,10 +206,22 @@ class ReinforceTrainer(keras.Model):
     # -- pieces of the step -------------------------------------------------
 
     def sample(self, prompt_ids):
-        """K candidates per prompt, prompt-major: `[B * K, N]` (no gradient)."""
-        return sample_candidates(
-            self.policy, prompt_ids, self.num_samples, self.max_new_tokens, self.sampler
-        )
+        """K candidates per prompt, prompt-major: `[B * K, N]` (no gradient).
+
+        With `include_greedy`, rows `b * K` to `b * K + K - 2` are samples
+        and row `b * K + K - 1` is prompt `b`'s greedy decode.
+        """
+        if not self.include_greedy:
+            return sample_candidates(
+                self.policy, prompt_ids, self.num_samples, self.max_new_tokens, self.sampler
+            )
+        k, n = self.num_samples, self.max_new_tokens
+        _, sampled = sample_candidates(self.policy, prompt_ids, k - 1, n, self.sampler)
+        greedy = generate_ids(self.policy, prompt_ids, n, self.greedy_sampler)
+        batch = tf.shape(prompt_ids)[0]
+        groups = tf.concat([tf.reshape(sampled, [batch, k - 1, n]), greedy[:, None, :]], axis=1)
+        candidates = tf.reshape(groups, [batch * k, n])
+        return tf.repeat(prompt_ids, k, axis=0), tf.stop_gradient(candidates)
 
     def score(self, prompts, candidates, references):
         """Reward components (each checked finite) and their total `[B * K]`."""
