@@ -51,3 +51,14 @@ def mirrored_strategy():
     if not _MIRRORED:
         _MIRRORED.append(tf.distribute.MirroredStrategy(cpu_devices()[:2]))
     return _MIRRORED[0]
+
+
+# Tiny multilingual (prompt, response) pairs for the end-to-end CLI tests:
+# English, Chinese and accented text.
+CLI_PAIRS = [
+    ("hello", "hi there"),
+    ("how are you", "fine, thanks"),
+    ("你好", "你好！"),
+    ("what is your name", "i am a bot"),
+    ("café?", "oui, café."),
+]

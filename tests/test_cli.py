@@ -6,15 +6,8 @@ import os
 import pytest
 import yaml
 
+from conftest import CLI_PAIRS
 from keras_selffb.cli import main
-
-PAIRS = [
-    ("hello", "hi there"),
-    ("how are you", "fine, thanks"),
-    ("你好", "你好！"),
-    ("what is your name", "i am a bot"),
-    ("café?", "oui, café."),
-]
 
 
 @pytest.fixture
@@ -24,7 +17,7 @@ def data_file(tmp_path):
     # has seen answered (the split is by prompt: use distinct variants).
     lines = []
     for i in range(12):
-        for prompt, response in PAIRS:
+        for prompt, response in CLI_PAIRS:
             lines.append(json.dumps({"prompt": f"{prompt} {i}", "response": response}, ensure_ascii=False))
     path.write_text("\n".join(lines), encoding="utf-8")
     return path

@@ -19,14 +19,7 @@ import keras_selffb.models  # noqa: F401 (registers PolicyNetwork for load_model
 import numpy as np
 import pytest
 import yaml
-
-PAIRS = [
-    ("hello", "hi there"),
-    ("how are you", "fine, thanks"),
-    ("你好", "你好！"),
-    ("what is your name", "i am a bot"),
-    ("café?", "oui, café."),
-]
+from conftest import CLI_PAIRS
 
 CONFIG = {
     "embedding_dim": 16, "hidden_dim": 32, "batch_size": 8, "learning_rate": 0.01,
@@ -41,7 +34,7 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
     lines = [
         json.dumps({"prompt": f"{p} {i}", "response": r}, ensure_ascii=False)
-        for i in range(8) for p, r in PAIRS
+        for i in range(8) for p, r in CLI_PAIRS
     ]
     (root / "pairs.jsonl").write_text("\n".join(lines), encoding="utf-8")
     (root / "config.yaml").write_text(yaml.safe_dump(CONFIG), encoding="utf-8")
