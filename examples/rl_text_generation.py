@@ -9,8 +9,8 @@ input batch and takes an argmax, so nothing it does can learn. Here:
    article's reward R = fluency + relevance + informativeness (plus, by
    default, ROUGE-L against the reference reply), makes the greedy reply
    one of the K (so the reply greedy decoding returns is trained too),
-   baselines them with RLOO and follows the policy gradient, keeping an MLE term and a KL penalty to
-   the MLE policy;
+   baselines them with RLOO and follows the policy gradient, keeping an
+   MLE term and a KL penalty to the MLE policy;
 3. validation ROUGE-L / BLEU / perplexity are printed before and after, with
    the mean of each reward component.
 

@@ -195,7 +195,8 @@ class TrainConfig:
             raise ValueError(
                 f"Config field 'strategy' must be 'default', 'mirrored' or 'multi_worker', got {self.strategy!r}."
             )
-        if self.rl_include_greedy and (self.rl_baseline == "self_critical" or self.rl_samples < 2):
+        uses_rl = self.feedback_rounds > 0 and "rl" in methods
+        if uses_rl and self.rl_include_greedy and (self.rl_baseline == "self_critical" or self.rl_samples < 2):
             raise ValueError(
                 "Config field 'rl_include_greedy' needs rl_samples >= 2 and an rl_baseline other than "
                 f"'self_critical' (got rl_samples={self.rl_samples}, rl_baseline={self.rl_baseline!r}); "

@@ -119,9 +119,9 @@ class ReinforceTrainer(keras.Model):
             )
         if include_greedy and (num_samples < 2 or baseline == "self_critical"):
             raise ValueError(
-                f"include_greedy=True needs num_samples >= 2 (got {num_samples}) and a baseline "
-                f"other than 'self_critical' (got {baseline!r}): the greedy row would get "
-                "advantage 0 against a greedy baseline."
+                f"include_greedy=True needs num_samples >= 2 (a sample besides the greedy decode; "
+                f"got {num_samples}) and a baseline other than 'self_critical' (against which the "
+                f"greedy row's advantage is always 0; got {baseline!r})."
             )
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0; got {temperature}.")
