@@ -56,7 +56,7 @@ from keras_selffb.training.checkpoint import (
     write_json,
 )
 from keras_selffb.training.contrastive_trainer import ContrastiveTrainer
-from keras_selffb.training.mle_trainer import MLETrainer
+from keras_selffb.training.mle_trainer import MLETrainer, weighted_rows
 from keras_selffb.training.reinforce_trainer import ReinforceTrainer
 
 METHODS = ("filtered", "rl", "contrastive")
@@ -456,7 +456,8 @@ class SelfFeedbackLoop:
 
         def epoch_data(epoch):
             order = epoch_order(len(new_rows), self.seed * 1000 + round_index, epoch)
-            data = {"rows": new_rows[order].astype(np.int32), "weights": weights[order]}
+            # One tensor per batch (not a dict): MultiWorker fit needs it.
+            data = weighted_rows(new_rows[order], weights[order])
             return tf.data.Dataset.from_tensor_slices(data).batch(self.batch_size)
 
         result = self._fit(trainer, round_index, "filtered", epoch_data, self.epochs_per_round)

@@ -6,7 +6,7 @@ import pytest
 
 from keras_selffb.models import PolicyNetwork, ResponseGenerator
 from keras_selffb.text import RESERVED_TOKENS, CharTokenizer, make_dataset, pack_pairs
-from keras_selffb.training import MLETrainer, unigram_perplexity
+from keras_selffb.training import MLETrainer, unigram_perplexity, weighted_rows
 
 TOKENIZER = CharTokenizer(list(RESERVED_TOKENS) + list("abcdefghij"))
 PAIRS = [("ab", "cd"), ("cd", "ef"), ("ef", "gh"), ("gh", "ij"), ("ij", "ab")]
@@ -35,6 +35,33 @@ def test_loss_is_token_mean_nll_over_response_only():
     # The prompt does not count: changing nothing but padding-masked
     # positions leaves the loss unchanged.
     assert weights.sum() == 5 * 3  # 2 chars + EOS per response
+
+
+def test_weighted_rows_give_the_weighted_token_mean_as_dict_batches_do():
+    policy = PolicyNetwork(TOKENIZER.vocabulary_size, 8, 8)
+    trainer = MLETrainer(policy, prompt_length=5)
+    trainer.compile(optimizer="sgd")
+    data = packed()
+    row_weights = np.array([2.0, 0.5, 1.0, 0.0, 3.25], np.float32)
+
+    logits = policy(data[:, :-1]).numpy()
+    logp = logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
+    targets = data[:, 1:]
+    picked = np.take_along_axis(logp, targets[..., None], -1)[..., 0]
+    mask = (np.arange(targets.shape[1]) >= 4)[None, :] & (targets != 0)
+    expected = -(picked * mask * row_weights[:, None]).sum() / (mask * row_weights[:, None]).sum()
+
+    packed_float = weighted_rows(data, row_weights)
+    assert packed_float.dtype == np.float32 and packed_float.shape == (5, data.shape[1] + 1)
+    np.testing.assert_array_equal(packed_float[:, :-1].astype(np.int32), data)  # ids exact
+    as_tensor = trainer.evaluate(packed_float, batch_size=2, verbose=0, return_dict=True)
+    as_dict = trainer.evaluate({"rows": data, "weights": row_weights}, batch_size=2, verbose=0, return_dict=True)
+    np.testing.assert_allclose(as_tensor["loss"], expected, rtol=1e-5)
+    np.testing.assert_allclose(as_dict["loss"], as_tensor["loss"], rtol=1e-6)
+    with pytest.raises(ValueError, match="rows \\[B, L\\] and weights \\[B\\]"):
+        weighted_rows(data, row_weights[:3])
+    with pytest.raises(ValueError, match="Token ids must be in"):
+        weighted_rows(np.array([[2**24]]), np.ones(1))
 
 
 def test_fit_lowers_loss_and_learns_the_mapping():

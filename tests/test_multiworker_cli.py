@@ -1,7 +1,9 @@
 """`keras-selffb train --strategy multi_worker`: two worker processes on localhost.
 
-The whole pipeline (MLE, one RL round, evaluation, report) runs on a
-two-worker `MultiWorkerMirroredStrategy` cluster given by `TF_CONFIG`. The
+The whole pipeline (MLE, one self-feedback round, evaluation, report) runs
+on a two-worker `MultiWorkerMirroredStrategy` cluster given by `TF_CONFIG`,
+once with the `rl` method and once with `filtered` then `contrastive` (the
+filtered method's weighted rows travel as one float32 tensor per batch). The
 chief writes the run directory, the other worker a sibling one; both end
 with the same figures and weights.
 """
@@ -26,13 +28,14 @@ def free_port():
 
 
 @pytest.mark.slow
-def test_two_worker_pipeline_ends_identical_on_both_workers(tmp_path):
+@pytest.mark.parametrize("methods", ["rl", "filtered,contrastive"])
+def test_two_worker_pipeline_ends_identical_on_both_workers(tmp_path, methods):
     lines = [json.dumps({"prompt": f"{p} {i}", "response": r}, ensure_ascii=False)
              for i in range(8) for p, r in [("hello", "hi there"), ("你好", "你好！"), ("café?", "oui, café.")]]
     (tmp_path / "pairs.jsonl").write_text("\n".join(lines), encoding="utf-8")
     config = {"embedding_dim": 16, "hidden_dim": 32, "batch_size": 8, "learning_rate": 0.01,
               "prompt_length": 16, "response_length": 12, "num_samples": 1, "epochs": 2,
-              "feedback_rounds": 1, "feedback_methods": "rl", "rl_steps": 4, "rl_batch_size": 4,
+              "feedback_rounds": 1, "feedback_methods": methods, "rl_steps": 4, "rl_batch_size": 4,
               "rl_samples": 2}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
     workers = [f"localhost:{free_port()}", f"localhost:{free_port()}"]
@@ -66,4 +69,4 @@ def test_two_worker_pipeline_ends_identical_on_both_workers(tmp_path):
     mle = keras.saving.load_model(run / "policy_mle.keras").get_weights()
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x, y)
-    assert max(np.abs(x - y).max() for x, y in zip(a, mle)) > 0  # the RL round moved the weights
+    assert max(np.abs(x - y).max() for x, y in zip(a, mle)) > 0  # the round moved the weights

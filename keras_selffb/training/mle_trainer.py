@@ -20,10 +20,14 @@ class MLETrainer(keras.Model):
     Reported: `loss` (nats per token) and `perplexity` (its exp), both exact
     token-weighted values over the epoch.
 
-    A batch is one int32 tensor of packed rows, or a dict
-    `{"rows": rows, "weights": float [B]}` for reward-weighted
-    self-training: then the loss is `sum_i w_i * nll_i / sum_i w_i * n_i`
-    (`n_i` the row's tokens), the weighted token mean.
+    A batch is one int32 tensor of packed rows, or, for reward-weighted
+    self-training, rows with a weight each: a dict
+    `{"rows": rows, "weights": float [B]}` or the single float32 tensor
+    `weighted_rows(rows, weights)` (ids and a last weight column; the form
+    that also works under `MultiWorkerMirroredStrategy`, whose Keras `fit`
+    takes no dict batches). Then the loss is
+    `sum_i w_i * nll_i / sum_i w_i * n_i` (`n_i` the row's tokens), the
+    weighted token mean.
 
     Args:
         policy: a `PolicyNetwork`.
@@ -100,6 +104,33 @@ class MLETrainer(keras.Model):
         return cls(**config)
 
 
+# float32 holds every integer below 2**24 exactly.
+_MAX_FLOAT_ID = 2**24
+
+
+def weighted_rows(rows, weights):
+    """Packs rows and their weights into one float32 array `[B, L + 1]`.
+
+    The ids stay exact (float32 holds every integer below 2**24) and the
+    last column holds the weights. `MLETrainer` reads it back as
+    `{"rows", "weights"}`. One tensor per batch is what Keras 3 `fit`
+    accepts under `MultiWorkerMirroredStrategy` (keras-team/keras#20585).
+
+    Example:
+
+    >>> batch = weighted_rows(np.array([[1, 7, 4, 9, 2]]), np.array([0.5]))
+    >>> batch.dtype, batch.tolist()
+    (dtype('float32'), [[1.0, 7.0, 4.0, 9.0, 2.0, 0.5]])
+    """
+    rows = np.asarray(rows)
+    weights = np.asarray(weights, np.float32)
+    if rows.ndim != 2 or weights.shape != (len(rows),):
+        raise ValueError(f"weighted_rows needs rows [B, L] and weights [B]; got {rows.shape} and {weights.shape}.")
+    if rows.size and (rows.min() < 0 or rows.max() >= _MAX_FLOAT_ID):
+        raise ValueError(f"Token ids must be in [0, {_MAX_FLOAT_ID}) to be packed as float32.")
+    return np.concatenate([rows.astype(np.float32), weights[:, None]], axis=1)
+
+
 def _unpack(data):
     """`(rows, weights or None)` from a batch as `fit` hands it over."""
     if isinstance(data, tuple):
@@ -108,6 +139,8 @@ def _unpack(data):
         if "rows" not in data or "weights" not in data:
             raise ValueError(f"A dict batch needs 'rows' and 'weights'; got keys {sorted(data)}.")
         return data["rows"], data["weights"]
+    if data.dtype.is_floating:  # weighted_rows
+        return ops.cast(data[:, :-1], "int32"), data[:, -1]
     return data, None
 
 
