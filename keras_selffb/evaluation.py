@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from keras_selffb.metrics import corpus_bleu, perplexity_statistics, rouge_l
 from keras_selffb.models import ResponseGenerator, response_token_nll
-from keras_selffb.text import PAD_ID, pack_pairs
+from keras_selffb.text import PAD_ID, detokenize_texts, pack_pairs
 
 # What `score_replies` can compute from strings alone.
 TEXT_METRICS = ("rouge_l", "bleu")
@@ -38,7 +38,7 @@ def generate_replies(policy, tokenizer, prompts, prompt_length, max_new_tokens, 
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
         _, ids, _ = generator.generate_ids(chunk)
-        replies.extend(t.decode("utf-8") for t in tokenizer.detokenize(ids).numpy())
+        replies.extend(detokenize_texts(tokenizer, ids))
     return replies
 
 

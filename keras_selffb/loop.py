@@ -45,7 +45,7 @@ from keras_selffb.evaluation import reference_perplexity, score_replies
 from keras_selffb.models.generation import generate_ids, get_sampler, reseed_sampler
 from keras_selffb.models.policy_network import frozen_copy
 from keras_selffb.text.packing import pack_pairs
-from keras_selffb.text.tokenizer import NUM_RESERVED
+from keras_selffb.text.tokenizer import NUM_RESERVED, detokenize_texts
 from keras_selffb.training.checkpoint import (
     epoch_order,
     fit_resumable,
@@ -368,7 +368,7 @@ class SelfFeedbackLoop:
         candidates, rows = self.generate(self.validation_packed, 1, greedy=True)
         metrics = {"val_reward": float(np.mean(self.score(rows, candidates)))}
         if self.text_metrics:
-            replies = [t.decode("utf-8") for t in self.tokenizer.detokenize(candidates).numpy()]
+            replies = detokenize_texts(self.tokenizer, candidates)
             scores = score_replies([r for _, r in self.validation_pairs], replies)
             metrics.update({f"val_{k}": v for k, v in scores.items()})
             metrics["val_perplexity"] = reference_perplexity(

@@ -29,6 +29,7 @@ from keras_selffb.callbacks._common import resolve_policy
 from keras_selffb.evaluation import TEXT_METRICS, reference_statistics, score_replies
 from keras_selffb.models.generation import ResponseGenerator, generate_ids
 from keras_selffb.text.packing import pack_pairs
+from keras_selffb.text.tokenizer import detokenize_texts
 
 METRICS = ("perplexity", "bleu", "rouge_l")
 # Samplers without a random stream: their replies do not depend on how the
@@ -146,8 +147,7 @@ class GenerationMetrics(keras.callbacks.Callback):
             replies = []
             for rows, _, count in self._chunks():
                 ids = self._generate(self._distribute(rows[:, : self.prompt_length]))
-                texts = self.tokenizer.detokenize(ids[:count]).numpy()
-                replies.extend(text.decode("utf-8") for text in texts)
+                replies.extend(detokenize_texts(self.tokenizer, ids[:count]))
             self.replies = replies
             results.update(score_replies(self._references, replies, text_metrics))
         if "perplexity" in self.metrics:
@@ -209,8 +209,7 @@ class GenerationMetrics(keras.callbacks.Callback):
                     f"(prompt_length={self.prompt_length}); got shape {data.shape}."
                 )
             rows = data.astype("int32")
-            texts = self.tokenizer.detokenize(rows[:, self.prompt_length :]).numpy()
-            return rows, [text.decode("utf-8") for text in texts]
+            return rows, detokenize_texts(self.tokenizer, rows[:, self.prompt_length :])
         pairs = [(prompt, reference) for prompt, reference in data]
         rows = pack_pairs(self.tokenizer, pairs, self.prompt_length, self.max_new_tokens, warn=False)
         return rows, [reference for _, reference in pairs]

@@ -17,6 +17,7 @@ import tensorflow as tf
 from keras_selffb.callbacks._common import SummaryWriter, resolve_policy
 from keras_selffb.models.generation import ResponseGenerator
 from keras_selffb.text.packing import pack_responses
+from keras_selffb.text.tokenizer import detokenize_texts
 
 
 def _cell(text):
@@ -111,7 +112,7 @@ class TextSamples(keras.callbacks.Callback):
             )
             self._built_for = self.model
         prompt_ids, reply_ids, _ = self._generator.generate_ids(self.prompts, seed=self.seed)
-        replies = [text.decode("utf-8") for text in self.tokenizer.detokenize(reply_ids).numpy()]
+        replies = detokenize_texts(self.tokenizer, reply_ids)
         columns = {"prompt": self.prompts, "reply": replies}
         if self.references is not None:
             columns["reference"] = self.references

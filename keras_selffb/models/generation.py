@@ -16,7 +16,7 @@ import tensorflow as tf
 from keras import ops
 
 from keras_selffb.text.packing import pack_prompts
-from keras_selffb.text.tokenizer import BOS_ID, EOS_ID, PAD_ID, SEP_ID, UNK_ID
+from keras_selffb.text.tokenizer import BOS_ID, EOS_ID, PAD_ID, SEP_ID, UNK_ID, detokenize_texts
 
 SAMPLERS = {
     "greedy": keras_hub.samplers.GreedySampler,
@@ -189,8 +189,7 @@ class ResponseGenerator:
                 f"than {self.prompt_length - 2} tokens kept their last tokens.",
                 stacklevel=2,
             )
-        texts = self.tokenizer.detokenize(response_ids)
-        return [t.decode("utf-8") for t in texts.numpy()]
+        return detokenize_texts(self.tokenizer, response_ids)
 
 
 def generate(policy, tokenizer, prompts, prompt_length=64, max_new_tokens=64, sampler="greedy", seed=None, **sampler_kwargs):

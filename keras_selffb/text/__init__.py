@@ -11,6 +11,7 @@ from keras_selffb.text.tokenizer import (
     UNK_ID,
     CharTokenizer,
     WordPieceTokenizer,
+    detokenize_texts,
     load_tokenizer,
     save_tokenizer,
     train_tokenizer,

@@ -266,6 +266,11 @@ def _as_ragged_ids(ids):
 _KINDS = {"char": CharTokenizer, "wordpiece": WordPieceTokenizer}
 
 
+def detokenize_texts(tokenizer, ids):
+    """`tokenizer.detokenize(ids)` as a list of Python str, one per row."""
+    return [text.decode("utf-8") for text in tokenizer.detokenize(ids).numpy()]
+
+
 def train_tokenizer(texts, kind="char", vocabulary_size=None, **kwargs):
     """Trains a tokenizer of `kind` ("char" or "wordpiece") on `texts`."""
     if kind not in _KINDS:
