@@ -1,15 +1,46 @@
 """`TrainConfig`: the typed, frozen settings of a `keras-selffb train` run.
 
 The CLI and YAML files fill it; library code below the pipeline takes plain
-keyword arguments. Unknown keys and wrong types are refused with a message
-that names them.
+keyword arguments. Unknown keys, wrong types and values the run would fail
+on later are refused when the config is made, each with one message naming
+the field, the value and what is allowed. A string that reads as a finite
+number is accepted for a float field (PyYAML reads `1e-3` as a string).
 """
 
 import dataclasses
+import math
 import os
 import typing
 
 import yaml
+
+from keras_selffb.data.loaders import CORPUS_LANGUAGES, DATA_EXTENSIONS
+
+# Allowed names, listed here so that reading a config imports no TensorFlow;
+# tests/test_config.py checks each list against the module that uses it.
+SAMPLERS = ("greedy", "top_k", "top_p", "random", "beam")  # models.generation.SAMPLERS
+BASELINES = ("rloo", "self_critical", "moving_average", "none")  # training.baselines.BASELINES
+METHODS = ("rl", "filtered", "contrastive")  # loop.METHODS
+STRATEGIES = ("default", "mirrored", "multi_worker")  # distribute.STRATEGIES
+NUM_RESERVED_TOKENS = 5  # text.tokenizer.NUM_RESERVED
+MAX_SEED = 2**32 - 1  # numpy's seed range
+_CHOICES = {
+    "language": tuple(CORPUS_LANGUAGES),
+    "tokenizer": ("char", "wordpiece"),
+    "sampler": SAMPLERS,
+    "rl_reward": ("rouge_l", "bleu", "article"),
+    "rl_baseline": BASELINES,
+    "strategy": STRATEGIES,
+    "contrastive_mode": ("sequence_likelihood", "encoder"),
+    "feedback_monitor": ("val_rouge_l", "val_bleu", "val_reward", "val_perplexity"),
+}
+# The values each monitored metric can take (a target outside is never met).
+_MONITOR_RANGES = {
+    "val_rouge_l": (0.0, 1.0),
+    "val_bleu": (0.0, 100.0),
+    "val_reward": (-math.inf, math.inf),
+    "val_perplexity": (1.0, math.inf),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,7 +51,8 @@ class TrainConfig:
         name: str. Run name; outputs go to `runs/<name>/` unless `output` is set.
         output: str or None. Run directory. Defaults to `runs/<name>`.
         language: str. Embedded corpus language, `"en"` or `"zh"`.
-        data: str or None. A .txt/.jsonl/.tsv file used instead of the corpus.
+        data: str or None. A .txt/.jsonl/.json/.tsv file used instead of the
+            corpus (see `keras_selffb.data.load_pairs`).
         tokenizer: str. `"char"` (lossless, exportable with core TF) or
             `"wordpiece"`.
         vocabulary_size: int or None. Cap on the vocabulary (None: every
@@ -39,9 +71,13 @@ class TrainConfig:
         deduplicate: bool. Drop exact duplicate (prompt, response) pairs
             before splitting (the embedded English corpus repeats some
             pairs over 100 times).
-        validation_fraction, test_fraction: float. Split by prompt.
-        num_samples: int. Validation prompts shown with replies at the end.
-        sampler: str. Sampler for the sample replies.
+        validation_fraction, test_fraction: float. Split by prompt (lines
+            with an empty prompt one by one; see `keras_selffb.data.split_pairs`).
+            The validation split must not be empty.
+        num_samples: int. Validation prompts shown with replies at the end
+            (at least 1).
+        sampler: str. Sampler for the sample replies: `"greedy"`, `"top_k"`,
+            `"top_p"`, `"random"` or `"beam"`.
         feedback_rounds: int. Self-feedback rounds after MLE (0 skips them;
             see `keras_selffb.SelfFeedbackLoop`).
         feedback_methods: str. Comma-separated adjust methods run in every
@@ -133,79 +169,134 @@ class TrainConfig:
         return self.output or os.path.join("runs", self.name)
 
     def __post_init__(self):
+        self._check_types()
+        self._check_paths()
+        self._check_choices()
+        self._check_numbers()
+        self._check_combinations()
+
+    def _check_types(self):
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             expected = _base_types(field.type)
             if value is None and type(None) in expected:
                 continue
+            if float in expected and isinstance(value, str):
+                # YAML 1.1 (PyYAML) reads `1e-3` as the string "1e-3".
+                try:
+                    value = float(value)
+                except ValueError:
+                    pass
+                else:
+                    object.__setattr__(self, field.name, value)
             if isinstance(value, bool) and bool not in expected:
-                raise ValueError(f"Config field {field.name!r} must be {field.type}, got {value!r}.")
+                raise ValueError(f"Config field {field.name!r} must be {_type_name(expected)}, got {value!r}.")
             if float in expected and isinstance(value, int):
-                object.__setattr__(self, field.name, float(value))
-                continue
+                value = float(value)
+                object.__setattr__(self, field.name, value)
             if not isinstance(value, expected):
                 raise ValueError(
-                    f"Config field {field.name!r} must be {field.type}, got "
+                    f"Config field {field.name!r} must be {_type_name(expected)}, got "
                     f"{value!r} ({type(value).__name__})."
                 )
-        positive = ("prompt_length", "response_length", "embedding_dim", "hidden_dim",
-                    "num_layers", "batch_size", "epochs", "patience", "rl_samples", "rl_batch_size")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"Config field {name!r} must be >= 1, got {getattr(self, name)}.")
-        if self.language not in ("en", "zh"):
-            raise ValueError(f"Config field 'language' must be 'en' or 'zh', got {self.language!r}.")
-        if self.tokenizer not in ("char", "wordpiece"):
-            raise ValueError(f"Config field 'tokenizer' must be 'char' or 'wordpiece', got {self.tokenizer!r}.")
-        if self.rl_reward not in ("rouge_l", "bleu", "article"):
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"Config field {field.name!r} must be a finite number, got {value!r}.")
+
+    def _check_paths(self):
+        name = self.name
+        if not name or name.strip() != name or name in (".", "..") or any(c in name for c in "/\\\0"):
             raise ValueError(
-                f"Config field 'rl_reward' must be 'rouge_l', 'bleu' or 'article', got {self.rl_reward!r}."
+                "Config field 'name' must be a plain name (not empty, '.' or '..', no '/', '\\', NUL "
+                f"or surrounding spaces; set 'output' for a directory path), got {name!r}."
             )
-        if self.contrastive_mode not in ("sequence_likelihood", "encoder"):
-            raise ValueError(
-                "Config field 'contrastive_mode' must be 'sequence_likelihood' or 'encoder', "
-                f"got {self.contrastive_mode!r}."
-            )
-        if self.contrastive_epochs < 0:
-            raise ValueError(f"Config field 'contrastive_epochs' must be >= 0, got {self.contrastive_epochs}.")
+        if self.output is not None and (not self.output.strip() or "\0" in self.output):
+            raise ValueError(f"Config field 'output' must be a directory path or null, got {self.output!r}.")
+        if self.data is not None:
+            extension = os.path.splitext(self.data)[1].lower()
+            if not self.data.strip() or "\0" in self.data or extension not in DATA_EXTENSIONS:
+                raise ValueError(
+                    f"Config field 'data' must be null (the embedded corpus) or a file path ending in "
+                    f"one of {list(DATA_EXTENSIONS)}, got {self.data!r}."
+                )
+
+    def _check_choices(self):
+        for name, allowed in _CHOICES.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(f"Config field {name!r} must be one of {list(allowed)}, got {value!r}.")
         methods = [m.strip() for m in self.feedback_methods.split(",")]
-        bad = [m for m in methods if m not in ("rl", "filtered", "contrastive")]
-        if bad or not methods:
+        if any(m not in METHODS for m in methods):
             raise ValueError(
                 f"Config field 'feedback_methods' must list 'rl', 'filtered' and/or 'contrastive' "
                 f"(comma-separated), got {self.feedback_methods!r}."
             )
-        monitors = ("val_rouge_l", "val_bleu", "val_reward", "val_perplexity")
-        if self.feedback_monitor not in monitors:
-            raise ValueError(f"Config field 'feedback_monitor' must be one of {monitors}, got {self.feedback_monitor!r}.")
-        if self.feedback_rounds < 0:
-            raise ValueError(f"Config field 'feedback_rounds' must be >= 0, got {self.feedback_rounds}.")
-        if not 0.0 <= self.filter_quantile <= 1.0 or self.filter_quantile_step < 0:
+
+    def _check_numbers(self):
+        at_least = {
+            "prompt_length": 3,  # BOS, a token, SEP
+            "response_length": 2,  # a token, EOS
+            "embedding_dim": 1, "hidden_dim": 1, "num_layers": 1, "batch_size": 1, "epochs": 1,
+            "patience": 1, "num_samples": 1, "filter_epochs": 1, "rl_samples": 1, "rl_batch_size": 1,
+            "feedback_rounds": 0, "rl_steps": 0, "contrastive_epochs": 0,
+        }
+        for name, low in at_least.items():
+            if getattr(self, name) < low:
+                raise ValueError(f"Config field {name!r} must be >= {low}, got {getattr(self, name)!r}.")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"Config field 'seed' must be in [0, 2**32 - 1], got {self.seed!r}.")
+        if self.vocabulary_size is not None and self.vocabulary_size <= NUM_RESERVED_TOKENS:
             raise ValueError(
-                "Config fields 'filter_quantile' (in [0, 1]) and 'filter_quantile_step' (>= 0) are out "
-                f"of range: {self.filter_quantile}, {self.filter_quantile_step}."
+                f"Config field 'vocabulary_size' must be null or > {NUM_RESERVED_TOKENS} (the reserved "
+                f"tokens PAD, BOS, EOS, UNK, SEP take {NUM_RESERVED_TOKENS} ids), got {self.vocabulary_size!r}."
             )
-        if self.feedback_rounds and self.rl_steps < 1 and ({"rl", "contrastive"} & set(methods)):
+        for name in ("learning_rate", "filter_learning_rate", "rl_learning_rate", "rl_temperature"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"Config field {name!r} must be > 0, got {getattr(self, name)!r}.")
+        for name in ("filter_quantile_step", "rl_kl_coef", "test_fraction"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"Config field {name!r} must be >= 0, got {getattr(self, name)!r}.")
+        for name in ("filter_quantile", "rl_gamma"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"Config field {name!r} must be in [0, 1], got {getattr(self, name)!r}.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"Config field 'dropout' must be in [0, 1), got {self.dropout!r}.")
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise ValueError(
+                "Config field 'validation_fraction' must be in (0, 1) (the validation split picks the "
+                f"best MLE epoch), got {self.validation_fraction!r}."
+            )
+        if self.validation_fraction + self.test_fraction >= 1.0:
+            raise ValueError(
+                "Config fields 'validation_fraction' and 'test_fraction' must sum to less than 1 (the "
+                f"rest is the training split), got {self.validation_fraction!r} + {self.test_fraction!r}."
+            )
+        low, high = _MONITOR_RANGES[self.feedback_monitor]
+        target = self.feedback_target
+        if target is not None and not low <= target <= high:
+            raise ValueError(
+                f"Config field 'feedback_target' must be in [{low}, {high}] for feedback_monitor "
+                f"{self.feedback_monitor!r}, got {target!r}."
+            )
+
+    def _check_combinations(self):
+        methods = {m.strip() for m in self.feedback_methods.split(",")} if self.feedback_rounds else set()
+        if self.rl_steps < 1 and methods & {"rl", "contrastive"}:
             raise ValueError(
                 f"Config field 'rl_steps' must be >= 1 for the 'rl'/'contrastive' methods, got {self.rl_steps}."
             )
-        if self.filter_epochs < 1:
-            raise ValueError(f"Config field 'filter_epochs' must be >= 1, got {self.filter_epochs}.")
-        if self.strategy not in ("default", "mirrored", "multi_worker"):
-            raise ValueError(
-                f"Config field 'strategy' must be 'default', 'mirrored' or 'multi_worker', got {self.strategy!r}."
-            )
-        uses_rl = self.feedback_rounds > 0 and "rl" in methods
-        if uses_rl and self.rl_include_greedy and (self.rl_baseline == "self_critical" or self.rl_samples < 2):
+        if "rl" in methods and self.rl_include_greedy and (
+            self.rl_baseline == "self_critical" or self.rl_samples < 2
+        ):
             raise ValueError(
                 "Config field 'rl_include_greedy' needs rl_samples >= 2 and an rl_baseline other than "
                 f"'self_critical' (got rl_samples={self.rl_samples}, rl_baseline={self.rl_baseline!r}); "
                 "set rl_include_greedy: false to use them."
             )
-        if self.rl_steps < 0:
-            raise ValueError(f"Config field 'rl_steps' must be >= 0, got {self.rl_steps}.")
-        if self.learning_rate <= 0:
-            raise ValueError(f"Config field 'learning_rate' must be > 0, got {self.learning_rate}.")
+        if self.rl_samples < 2 and (
+            ("rl" in methods and self.rl_baseline == "rloo") or "contrastive" in methods
+        ):
+            need = "the 'contrastive' method" if "contrastive" in methods else "rl_baseline 'rloo'"
+            raise ValueError(f"Config field 'rl_samples' must be >= 2 for {need}, got {self.rl_samples}.")
 
     @classmethod
     def from_yaml(cls, path, **overrides):
@@ -236,3 +327,11 @@ class TrainConfig:
 def _base_types(annotation):
     """`str | None` -> `(str, NoneType)`; `int` -> `(int,)`."""
     return typing.get_args(annotation) or (annotation,)
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "null"}
+
+
+def _type_name(types):
+    """`(float, NoneType)` -> `"a number or null"`."""
+    return " or ".join(_TYPE_NAMES.get(t, getattr(t, "__name__", str(t))) for t in types)

@@ -5,24 +5,31 @@ Every loader returns a list of `(prompt, response)` string pairs.
 - Plain text: one example per line; a line with a tab is `prompt<TAB>response`,
   a line without one is a response with an empty prompt (plain language
   modelling). Blank lines are skipped.
-- JSONL: one object per line with `prompt`/`response` or `source`/`target`.
+- JSONL (`.jsonl`, `.json`): one object per line with `prompt`/`response`
+  or `source`/`target`. A `.json` file may instead hold one JSON array of
+  such objects.
 - TSV: `prompt<TAB>response` per line; a header line `prompt<TAB>response`
   (or `source<TAB>target`) is skipped.
 - The embedded corpus: consecutive turns of the `chatterbot-corpus`
   conversations (BSD licence, installed from PyPI) as (context, response).
+
+Lines end at `\n`, `\r\n` or `\r` only: other Unicode line separators
+(U+2028, U+0085, form feed, ...) are text, as they may be inside a JSON string.
 """
 
 import glob
 import json
 import os
+import re
 
 import numpy as np
 
 JSONL_FIELDS = (("prompt", "response"), ("source", "target"))
 CORPUS_LANGUAGES = {"en": "english", "zh": "chinese"}
+_NEWLINE = re.compile(r"\r\n|\r|\n")
 
 
-def _read_lines(path):
+def _read_text(path):
     if not os.path.exists(path):
         raise FileNotFoundError(f"Data file not found: {path}")
     if os.path.isdir(path):
@@ -37,7 +44,14 @@ def _read_lines(path):
             f"{path} is not UTF-8 text: invalid byte 0x{raw[e.start]:02x} on line "
             f"{line} (byte offset {e.start}). Re-save the file as UTF-8."
         ) from None
-    return text.splitlines()
+    return text
+
+
+def _read_lines(path):
+    # Not str.splitlines(): it also splits at U+2028, U+0085, form feeds and
+    # other separators, which json.dumps(ensure_ascii=False) leaves raw
+    # inside strings.
+    return _NEWLINE.split(_read_text(path))
 
 
 def _require_examples(pairs, path):
@@ -60,6 +74,25 @@ def load_text(path):
     return _require_examples(pairs, path)
 
 
+def _record_pair(record, where, unit):
+    """`(prompt, response)` of one JSON record; `where` names it in errors."""
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}.")
+    for prompt_key, response_key in JSONL_FIELDS:
+        if prompt_key in record and response_key in record:
+            break
+    else:
+        raise ValueError(
+            f"{where}: missing fields; each {unit} needs "
+            f"'prompt' and 'response' (or 'source' and 'target'), found "
+            f"{sorted(record)}."
+        )
+    prompt, response = record[prompt_key], record[response_key]
+    if not isinstance(prompt, str) or not isinstance(response, str):
+        raise ValueError(f"{where}: '{prompt_key}' and '{response_key}' must be strings.")
+    return prompt, response
+
+
 def load_jsonl(path):
     """Loads JSON lines with `prompt`/`response` or `source`/`target` fields."""
     pairs = []
@@ -70,21 +103,41 @@ def load_jsonl(path):
             record = json.loads(line)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}, line {number}: not valid JSON ({e.msg}).") from None
-        if not isinstance(record, dict):
-            raise ValueError(f"{path}, line {number}: expected a JSON object, got {type(record).__name__}.")
-        for prompt_key, response_key in JSONL_FIELDS:
-            if prompt_key in record and response_key in record:
-                break
-        else:
-            raise ValueError(
-                f"{path}, line {number}: missing fields; each line needs "
-                f"'prompt' and 'response' (or 'source' and 'target'), found "
-                f"{sorted(record)}."
-            )
-        prompt, response = record[prompt_key], record[response_key]
-        if not isinstance(prompt, str) or not isinstance(response, str):
-            raise ValueError(f"{path}, line {number}: '{prompt_key}' and '{response_key}' must be strings.")
-        pairs.append((prompt, response))
+        pairs.append(_record_pair(record, f"{path}, line {number}", "line"))
+    return _require_examples(pairs, path)
+
+
+def load_json(path):
+    """Loads a `.json` file: one JSON array of objects, or JSON lines.
+
+    A file whose first non-blank character is `[` is read as one array of
+    objects with the fields of `load_jsonl` (errors name the element by its
+    index, from 0); any other file is read as JSON lines. One object spread
+    over several lines is refused with a message saying so.
+    """
+    text = _read_text(path)
+    if not text.lstrip().startswith("["):
+        if len([line for line in _NEWLINE.split(text) if line.strip()]) > 1:
+            try:
+                whole = json.loads(text)
+            except json.JSONDecodeError:
+                whole = None
+            if isinstance(whole, dict):  # one object spread over lines
+                raise ValueError(
+                    f"{path} holds one JSON object; a .json file must hold a JSON array of "
+                    "objects ([{...}, ...]) or one object per line."
+                )
+        return load_jsonl(path)
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(
+            f"{path}, line {e.lineno} column {e.colno}: not a valid JSON array ({e.msg})."
+        ) from None
+    pairs = [
+        _record_pair(record, f"{path}, element [{index}]", "element")
+        for index, record in enumerate(records)
+    ]
     return _require_examples(pairs, path)
 
 
@@ -106,15 +159,17 @@ def load_tsv(path):
     return _require_examples(pairs, path)
 
 
-_LOADERS = {".txt": load_text, ".jsonl": load_jsonl, ".json": load_jsonl, ".tsv": load_tsv}
+_LOADERS = {".txt": load_text, ".jsonl": load_jsonl, ".json": load_json, ".tsv": load_tsv}
+# The extensions `load_pairs` reads (TrainConfig checks `data` against them).
+DATA_EXTENSIONS = tuple(sorted(_LOADERS))
 
 
 def load_pairs(path):
-    """Loads a data file, choosing the format by extension (.txt/.jsonl/.tsv)."""
+    """Loads a data file, choosing the format by extension (.txt/.jsonl/.json/.tsv)."""
     ext = os.path.splitext(path)[1].lower()
     if ext not in _LOADERS:
         raise ValueError(
-            f"Cannot tell the format of {path}: use one of the extensions {sorted(_LOADERS)}."
+            f"Cannot tell the format of {path}: use one of the extensions {list(DATA_EXTENSIONS)}."
         )
     return _LOADERS[ext](path)
 
@@ -158,7 +213,11 @@ def split_pairs(pairs, seed=0, validation_fraction=0.1, test_fraction=0.1):
     """Splits pairs into train/validation/test, deterministically by `seed`.
 
     Pairs sharing a prompt go to the same split, so validation and test
-    prompts are never seen in training.
+    prompts are never seen in training. Pairs with an empty prompt (plain
+    language-modelling lines) are split line by line instead: each distinct
+    response is a group of its own (identical lines stay together).
+    The fractions count groups, not pairs. For data without empty prompts
+    the groups are the distinct prompts, in sorted order.
 
     Returns:
         `(train, validation, test)` lists of pairs.
@@ -170,17 +229,22 @@ def split_pairs(pairs, seed=0, validation_fraction=0.1, test_fraction=0.1):
             "validation_fraction and test_fraction must be >= 0 and sum to less "
             f"than 1; got {validation_fraction} and {test_fraction}."
         )
-    prompts = sorted({p for p, _ in pairs})
-    order = np.random.default_rng(seed).permutation(len(prompts))
-    n_val = int(round(len(prompts) * validation_fraction))
-    n_test = int(round(len(prompts) * test_fraction))
-    val_prompts = {prompts[i] for i in order[:n_val]}
-    test_prompts = {prompts[i] for i in order[n_val : n_val + n_test]}
+    # A group key per pair: (prompt, "") or, for an empty prompt,
+    # ("", response). Non-empty prompts sort as the prompts alone would, so
+    # data without empty prompts splits exactly as it did before groups.
+    group = lambda pair: (pair[0], "") if pair[0] else ("", pair[1])  # noqa: E731
+    groups = sorted({group(pair) for pair in pairs})
+    order = np.random.default_rng(seed).permutation(len(groups))
+    n_val = int(round(len(groups) * validation_fraction))
+    n_test = int(round(len(groups) * test_fraction))
+    val_groups = {groups[i] for i in order[:n_val]}
+    test_groups = {groups[i] for i in order[n_val : n_val + n_test]}
     train, validation, test = [], [], []
     for pair in pairs:
-        if pair[0] in val_prompts:
+        key = group(pair)
+        if key in val_groups:
             validation.append(pair)
-        elif pair[0] in test_prompts:
+        elif key in test_groups:
             test.append(pair)
         else:
             train.append(pair)
