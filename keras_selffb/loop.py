@@ -47,9 +47,11 @@ from keras_selffb.models.policy_network import frozen_copy
 from keras_selffb.text.packing import pack_pairs
 from keras_selffb.text.tokenizer import NUM_RESERVED, detokenize_texts
 from keras_selffb.training.checkpoint import (
+    carry_trainer_state,
     epoch_order,
     fit_resumable,
     load_arrays,
+    read_callback_state,
     read_json,
     reset_seed_generators,
     save_arrays,
@@ -185,7 +187,18 @@ class SelfFeedbackLoop:
             (the round metrics, step = round).
         seed: int. Defaults to `0`.
         callbacks: Keras callbacks passed to every `fit` (e.g.
-            `TensorBoard`, `GenerationMetrics`).
+            `TensorBoard`, `GenerationMetrics`, `EarlyStopping`). They see
+            one epoch axis across the rounds and keep their state from one
+            round to the next (and across a resume), so `EarlyStopping`'s
+            patience counts epochs of all rounds. When any of them sets
+            `stop_training` (EarlyStopping, TerminateOnNaN, TargetReached),
+            the round's remaining methods are skipped, the round is
+            evaluated and saved, and the loop ends (`history[-1]["stopped"]`).
+        carry_state: bool. Each method keeps one trainer for all rounds, so
+            its optimizer (Adam's moments and step count), the adaptive KL
+            coefficient and the moving-average baseline carry over from
+            round to round, and across a resume. `False` builds a fresh
+            trainer and optimizer every round. Defaults to `True`.
         score_batch_size: int. Rows per generation / scoring call.
             Defaults to `64`.
         verbose: passed to `fit`; 0 silences the round summaries too.
@@ -226,6 +239,7 @@ class SelfFeedbackLoop:
         log_dir=None,
         seed=0,
         callbacks=(),
+        carry_state=True,
         score_batch_size=64,
         verbose="auto",
     ):
@@ -279,6 +293,10 @@ class SelfFeedbackLoop:
         self.log_dir = log_dir
         self.seed = seed
         self.callbacks = list(callbacks)
+        self.carry_state = carry_state
+        self._trainers = {}
+        self._callback_state = None
+        self._stopped = False
         self.score_batch_size = score_batch_size
         self.verbose = verbose
         self.train_pairs = list(train_pairs)
@@ -404,7 +422,6 @@ class SelfFeedbackLoop:
             logs = os.path.join(self.log_dir, "logs", method)
             samples = self.validation_pairs[:4]
             callbacks += [
-                keras.callbacks.CSVLogger(os.path.join(self.log_dir, f"{method}_history.csv"), append=True),
                 keras.callbacks.TensorBoard(logs),
                 TextSamples([p for p, _ in samples], self.tokenizer, logs, self.prompt_length,
                             self.max_new_tokens, reward=self.reward, references=[r for _, r in samples],
@@ -414,18 +431,42 @@ class SelfFeedbackLoop:
                 callbacks.append(RewardHistograms(logs, every_n_steps=5))
         return callbacks + [_BatchTracker()]
 
+    def _trainer(self, method, round_index, build):
+        """The method's trainer: one for all rounds with `carry_state`.
+
+        A trainer built anew at a later round (the process was restarted)
+        takes its optimizer and own state from the method's last finished
+        round, so a resumed loop goes on exactly as an uninterrupted one.
+        """
+        if self.carry_state and method in self._trainers:
+            return self._trainers[method]
+        trainer = build()
+        if self.carry_state:
+            self._trainers[method] = trainer
+            for previous in range(round_index - 1, 0, -1):
+                directory = self._round_dir(previous, method)
+                if directory and carry_trainer_state(directory, trainer):
+                    break
+        return trainer
+
     def _fit(self, trainer, round_index, method, epoch_data, epochs, steps_per_epoch=None, reseed=None):
         callbacks = self._method_callbacks(method, trainer)
         options = dict(
             steps_per_epoch=steps_per_epoch, callbacks=callbacks, on_epoch_begin=reseed,
             epoch_offset=(round_index - 1) * epochs, verbose=self.verbose,
+            csv_path=os.path.join(self.log_dir, f"{method}_history.csv") if self.log_dir else None,
+            callback_state=self._callback_state,
         )
         try:
             directory = self._round_dir(round_index, method)
             if directory is not None:
-                return fit_resumable(trainer, epoch_data, epochs, directory, **options)
-            with tempfile.TemporaryDirectory() as tmp:  # no checkpoints kept
-                return fit_resumable(trainer, epoch_data, epochs, tmp, **options)
+                result = fit_resumable(trainer, epoch_data, epochs, directory, **options)
+            else:
+                with tempfile.TemporaryDirectory() as tmp:  # no checkpoints kept
+                    result = fit_resumable(trainer, epoch_data, epochs, tmp, **options)
+            self._callback_state = result["callback_state"]
+            self._stopped = self._stopped or result["stopped"]
+            return result
         except tf.errors.InvalidArgumentError as e:
             if "Reward component" not in str(e) and "PythonReward" not in str(e):
                 raise
@@ -451,8 +492,12 @@ class SelfFeedbackLoop:
         info = {"kept": int(len(unique)), "trained_rows": int(len(new_rows))}
         if len(new_rows) == 0:
             return {**info, "skipped": "no candidate reached the threshold"}
-        trainer = MLETrainer(self.policy, self.prompt_length)
-        trainer.compile(optimizer=keras.optimizers.Adam(self.learning_rate, clipnorm=1.0))
+        def build():
+            trainer = MLETrainer(self.policy, self.prompt_length)
+            trainer.compile(optimizer=keras.optimizers.Adam(self.learning_rate, clipnorm=1.0))
+            return trainer
+
+        trainer = self._trainer("filtered", round_index, build)
 
         def epoch_data(epoch):
             order = epoch_order(len(new_rows), self.seed * 1000 + round_index, epoch)
@@ -493,10 +538,15 @@ class SelfFeedbackLoop:
         options = {"num_samples": self.num_samples, "temperature": self.temperature, **self.rl_options}
         if options.get("kl_coef", 0.0) > 0 or options.get("target_kl") is not None:
             options.setdefault("reference_policy", self._reference_policy())
-        trainer = ReinforceTrainer(
-            self.policy, self.reward, self.prompt_length, self.max_new_tokens, seed=self.seed, **options
-        )
-        trainer.compile(optimizer=keras.optimizers.Adam(self.rl_learning_rate, clipnorm=1.0))
+
+        def build():
+            trainer = ReinforceTrainer(
+                self.policy, self.reward, self.prompt_length, self.max_new_tokens, seed=self.seed, **options
+            )
+            trainer.compile(optimizer=keras.optimizers.Adam(self.rl_learning_rate, clipnorm=1.0))
+            return trainer
+
+        trainer = self._trainer("rl", round_index, build)
         epochs, steps = self._chunks(self.rl_steps)
         result = self._fit(
             trainer, round_index, "rl", lambda e: self._stream(round_index, e, "rl"), epochs,
@@ -507,11 +557,16 @@ class SelfFeedbackLoop:
     def _contrastive(self, round_index):
         options = {"mode": "sequence_likelihood", "rank_weight": 1.0, "mle_weight": 1.0,
                    "temperature": 0.7, "num_samples": self.num_samples, **self.contrastive_options}
-        trainer = ContrastiveTrainer(
-            self.policy, self.prompt_length, self.max_new_tokens, ranking_fn=self.reward,
-            seed=self.seed, **options,
-        )
-        trainer.compile(optimizer=keras.optimizers.Adam(self.rl_learning_rate, clipnorm=1.0))
+
+        def build():
+            trainer = ContrastiveTrainer(
+                self.policy, self.prompt_length, self.max_new_tokens, ranking_fn=self.reward,
+                seed=self.seed, **options,
+            )
+            trainer.compile(optimizer=keras.optimizers.Adam(self.rl_learning_rate, clipnorm=1.0))
+            return trainer
+
+        trainer = self._trainer("contrastive", round_index, build)
         epochs, steps = self._chunks(self.contrastive_steps)
         result = self._fit(
             trainer, round_index, "contrastive", lambda e: self._stream(round_index, e, "contrastive"),
@@ -530,6 +585,7 @@ class SelfFeedbackLoop:
         if self.directory:
             write_json(os.path.join(self.directory, STATE_FILE), {
                 "rounds_done": len(self.history) - 1, "history": self.history, "thresholds": thresholds,
+                "stopped": self._stopped,
             })
             write_json(os.path.join(self.directory, "history.json"), self.history)
 
@@ -563,9 +619,15 @@ class SelfFeedbackLoop:
             state = read_json(os.path.join(self.directory, STATE_FILE), {}) or {}
         self.history = list(state.get("history", []))
         thresholds = list(state.get("thresholds", []))
+        self._stopped = bool(state.get("stopped", False))
         if self.history:
             done = len(self.history) - 1
             load_arrays(os.path.join(self.directory, f"round_{done}.npz"), self.policy.weights, "policy")
+            for method in reversed(self.methods):  # the callbacks' state after round `done`
+                directory = self._round_dir(done, method)
+                if done and os.path.exists(os.path.join(directory, "state.json")):
+                    self._callback_state = read_callback_state(directory)
+                    break
             self._log(f"SelfFeedbackLoop: resuming after round {done} of {self.rounds}")
         else:
             start = time.perf_counter()
@@ -576,7 +638,8 @@ class SelfFeedbackLoop:
             self._save_state(thresholds)
             self._summarise(self.history[0])
             self._log(f"round 0 (start): {_format(metrics)}")
-        while len(self.history) - 1 < self.rounds and not self._met(self.history[-1]["metrics"][self.monitor]):
+        while (len(self.history) - 1 < self.rounds and not self._stopped
+               and not self._met(self.history[-1]["metrics"][self.monitor])):
             round_index = len(self.history)
             start = time.perf_counter()
             # Keras-level randomness (dropout) restarts from the round's seed,
@@ -595,12 +658,16 @@ class SelfFeedbackLoop:
                     candidate_reward_mean=float(rewards.mean()),
                 )
             for method in self.methods:
+                if self._stopped:  # a callback stopped training: skip the rest
+                    break
                 if method == "filtered":
                     record["filtered"] = self._filtered(round_index, rows, candidates, rewards, threshold)
                 elif method == "rl":
                     record["rl"] = self._rl(round_index)
                 else:
                     record["contrastive"] = self._contrastive(round_index)
+            if self._stopped:
+                record["stopped"] = True
             record["metrics"] = self.evaluate()
             record["seconds"] = round(time.perf_counter() - start, 1)
             if self.directory:
@@ -611,6 +678,8 @@ class SelfFeedbackLoop:
             self._log(f"round {round_index}: {_format(record['metrics'])}"
                       + (f"  threshold {record['threshold']:.4f}, kept {record['filtered']['kept']}"
                          if "filtered" in record else ""))
+        if self._stopped:
+            self._log(f"SelfFeedbackLoop: a callback stopped training in round {len(self.history) - 1}")
         if self.restore_best:
             self._roll_back()
         return self.history

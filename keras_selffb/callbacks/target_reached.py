@@ -57,6 +57,13 @@ class TargetReached(keras.callbacks.Callback):
         self.reached_epoch = None
         self._warned = False
 
+    def get_state(self):
+        """What a resumed `fit_resumable` run needs (see training/checkpoint.py)."""
+        return {"reached_epoch": self.reached_epoch}
+
+    def set_state(self, state):
+        self.reached_epoch = state["reached_epoch"]
+
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         if self.monitor not in logs:
