@@ -70,8 +70,10 @@ class ContrastiveTrainer(keras.Model):
             `"sequence_likelihood"` mode.
         prompt_length: int. Prompt columns `P` of each packed row.
         max_new_tokens: int. Longest candidate, EOS included.
-        mode: str. `"encoder"` or `"sequence_likelihood"`. Defaults to
-            `"encoder"` (the article's loss).
+        mode: str or None. `"sequence_likelihood"` (trains the policy) or
+            `"encoder"` (trains `encoder`, the article's loss). Defaults to
+            `None`: `"encoder"` when an `encoder` is given, else
+            `"sequence_likelihood"`.
         encoder: an `LLMEncoder`, required and trained in `"encoder"` mode.
         ranking_fn: a `keras_selffb.rewards.Reward` that scores candidates.
             Defaults to `RougeLReward()` (ROUGE-L F on content ids).
@@ -95,23 +97,33 @@ class ContrastiveTrainer(keras.Model):
             `sum log p / length ** length_penalty`. Defaults to `1.0` (the
             mean per token; BRIO used 2.0 on CNN/DM, 0.6 on XSum).
         rank_weight: float. Sequence mode: weight of the ranking loss.
-            Defaults to `10.0` (BRIO).
+            Defaults to `1.0`. (BRIO's 10.0 with `mle_weight=0.1` wrecked
+            our policies' perplexity: docs/contrastive.md.)
         mle_weight: float. Sequence mode: weight of the reference's token
-            NLL. Defaults to `0.1` (BRIO).
+            NLL, which keeps the policy a language model. Defaults to `1.0`.
 
     Example:
 
     >>> import numpy as np
     >>> from keras_selffb.models import PolicyNetwork
-    >>> trainer = ContrastiveTrainer(PolicyNetwork(12, 8, 8), prompt_length=3,
-    ...                              max_new_tokens=3, mode="sequence_likelihood",
-    ...                              num_samples=2)
-    >>> trainer.compile(optimizer="sgd")
-    >>> packed = np.array([[1, 5, 4, 6, 7, 2]], "int32")
+    >>> trainer = ContrastiveTrainer(
+    ...     PolicyNetwork(12, 8, 8), prompt_length=3, max_new_tokens=3,
+    ...     mode="sequence_likelihood", num_samples=2, margin=0.1,
+    ...     rank_weight=1.0, mle_weight=0.0)  # the ranking loss alone
+    >>> trainer.compile(optimizer=keras.optimizers.SGD(0.5))
+    >>> packed = np.array([[1, 5, 4, 6, 7, 2]], "int32")  # prompt | reference
     >>> candidates = np.array([[[6, 7, 2], [9, 2, 0]]], "int32")  # [B, K, N]
-    >>> logs = trainer.fit(packed, candidates, epochs=1, verbose=0).history
-    >>> logs["pair_accuracy"][0] in (0.0, 1.0)
+    >>> s = trainer.candidate_scores(packed, candidates).numpy()[0]  # log p per token
+    >>> logs = trainer.fit(packed, candidates, epochs=3, verbose=0).history
+    >>> # ROUGE-L against the reference: 1 for the copy, 0 for the other.
+    >>> logs["positive_score"][0], logs["negative_score"][0], logs["score"][0]
+    (1.0, 0.0, 0.5)
+    >>> # The first step's loss is BRIO's max(0, s_worse - s_better + margin).
+    >>> bool(abs(logs["rank_loss"][0] - max(0.0, s[1] - s[0] + 0.1)) < 1e-6)
     True
+    >>> s = trainer.candidate_scores(packed, candidates).numpy()[0]
+    >>> bool(s[0] - s[1] >= 0.1), logs["rank_loss"][-1], logs["pair_accuracy"][-1]
+    (True, 0.0, 1.0)
 
     References:
         Hadsell, Chopra and LeCun (2006), "Dimensionality Reduction by
@@ -126,7 +138,7 @@ class ContrastiveTrainer(keras.Model):
         policy,
         prompt_length,
         max_new_tokens,
-        mode="encoder",
+        mode=None,
         encoder=None,
         ranking_fn=None,
         num_samples=4,
@@ -139,11 +151,13 @@ class ContrastiveTrainer(keras.Model):
         distance="cosine",
         anchor="reference",
         length_penalty=1.0,
-        rank_weight=10.0,
-        mle_weight=0.1,
+        rank_weight=1.0,
+        mle_weight=1.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if mode is None:
+            mode = "encoder" if encoder is not None else "sequence_likelihood"
         if mode not in MODES:
             raise ValueError(f"Unknown mode {mode!r}; choose one of {MODES}.")
         if mode == "encoder" and encoder is None:
