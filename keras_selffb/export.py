@@ -26,6 +26,7 @@ TF Serving run it. A `WordPieceTokenizer` graph holds tensorflow_text ops:
 
 import os
 import shutil
+import tempfile
 
 import numpy as np
 import tensorflow as tf
@@ -258,22 +259,107 @@ class _GeneratorModule(tf.Module):
         return total, tf.cast(tf.reduce_sum(mask, axis=1), tf.int32)
 
 
-def _prepare_path(path, overwrite):
+class OutputPathError(OSError, ValueError):
+    """A SavedModel cannot be written where asked; the message is one line.
+
+    An `OSError` (the cause is the file system) and a `ValueError` (the
+    path is the caller's input), as `io.UnsupportedOperation` is both.
+    """
+
+
+def _reason(error):
+    """The one-line cause of an `OSError` or a TensorFlow file error."""
+    if isinstance(error, OSError) and error.strerror:
+        reason = error.strerror
+    else:
+        reason = getattr(error, "message", None) or str(error) or type(error).__name__
+    return " ".join(str(reason).split())
+
+
+def _nearest_existing(path):
+    """`path`'s closest ancestor that exists (`path` itself if it exists)."""
+    current = os.path.abspath(path)
+    while not os.path.lexists(current):
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    return current
+
+
+def check_output_path(path, overwrite=False):
+    """Checks that a SavedModel can be written to `path`; creates and deletes nothing.
+
+    Raises a one-line error for: `path` is a file; it holds files and
+    `overwrite` is false, or it holds files but no SavedModel; a component
+    of it is a file; or no directory can be created where it goes
+    (`OutputPathError`, with the path and the system's reason).
+
+    Args:
+        path: str or path-like.
+        overwrite: bool. An earlier SavedModel at `path` may be replaced.
+
+    Returns:
+        `path` as a str.
+    """
     path = os.fspath(path)
     if os.path.isfile(path):
         raise FileExistsError(f"{path} is a file; give a directory path for the SavedModel.")
+    if os.path.isdir(path):
+        try:
+            entries = os.listdir(path)
+        except OSError as e:
+            raise OutputPathError(f"Cannot write the SavedModel to {path}: {_reason(e)}.") from None
+        if entries:
+            if not overwrite:
+                raise FileExistsError(
+                    f"{path} already exists and is not empty; choose a new path or pass "
+                    "overwrite=True (CLI: --overwrite) to replace an earlier export."
+                )
+            if not os.path.exists(os.path.join(path, "saved_model.pb")):
+                raise FileExistsError(
+                    f"{path} is not empty and holds no SavedModel; refusing to replace it."
+                )
+        where = path
+    else:
+        where = _nearest_existing(path)
+        if not os.path.isdir(where):
+            kind = "a broken symbolic link" if os.path.islink(where) else "a file"
+            raise OutputPathError(
+                f"Cannot write the SavedModel to {path}: {where} is {kind}, not a directory."
+            )
+    # A directory made and removed at once is the one sure test (permissions,
+    # read-only or pseudo file systems such as /proc, quotas).
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".keras_selffb_check_", dir=where))
+    except OSError as e:
+        raise OutputPathError(
+            f"Cannot write the SavedModel to {path}: cannot create a directory in {where} ({_reason(e)})."
+        ) from None
+    return path
+
+
+def _prepare_path(path, overwrite):
+    path = check_output_path(path, overwrite)
     if os.path.isdir(path) and os.listdir(path):
-        if not overwrite:
-            raise FileExistsError(
-                f"{path} already exists and is not empty; choose a new path or pass "
-                "overwrite=True (CLI: --overwrite) to replace an earlier export."
-            )
-        if not os.path.exists(os.path.join(path, "saved_model.pb")):
-            raise FileExistsError(
-                f"{path} is not empty and holds no SavedModel; refusing to replace it."
-            )
         shutil.rmtree(path)
     return path
+
+
+def _remove_partial(path, existed):
+    """Removes what a failed export wrote: `path` itself unless it `existed` (empty)."""
+    if not existed:
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    for entry in os.listdir(path) if os.path.isdir(path) else ():
+        full = os.path.join(path, entry)
+        if os.path.isdir(full) and not os.path.islink(full):
+            shutil.rmtree(full, ignore_errors=True)
+        else:
+            try:
+                os.remove(full)
+            except OSError:
+                pass
 
 
 def export_generator(policy, tokenizer, path, prompt_length, max_new_tokens, overwrite=False):
@@ -284,6 +370,9 @@ def export_generator(policy, tokenizer, path, prompt_length, max_new_tokens, ove
         tokenizer: the `CharTokenizer` or `WordPieceTokenizer` the policy was
             trained with.
         path: str or path-like. A new (or empty) directory for the SavedModel.
+            It is checked first (`check_output_path`); a path where no
+            directory can be written, or a failure while writing, raises
+            `OutputPathError` (an `OSError` and a `ValueError`) with one line.
         prompt_length: int. Prompt columns, BOS and SEP included; use the
             run's `prompt_length` so prompts are packed as in training.
         max_new_tokens: int. Default longest reply in tokens, EOS included
@@ -298,14 +387,18 @@ def export_generator(policy, tokenizer, path, prompt_length, max_new_tokens, ove
     Example:
 
     >>> import tempfile
-    >>> from keras_selffb.models import PolicyNetwork
+    >>> from keras_selffb.models import PolicyNetwork, generate
     >>> from keras_selffb.text import CharTokenizer
     >>> tokenizer = CharTokenizer.train(["hello", "你好"])
     >>> policy = PolicyNetwork(tokenizer.vocabulary_size, embedding_dim=8, hidden_dim=8)
     >>> path = export_generator(policy, tokenizer, tempfile.mkdtemp() + "/gen", 8, 4)
     >>> loaded = tf.saved_model.load(path)
-    >>> loaded.generate(tf.constant(["hello", "你好"]))["replies"].shape
-    TensorShape([2])
+    >>> sorted(loaded.signatures)
+    ['generate', 'score']
+    >>> replies = loaded.generate(tf.constant(["hello", "你好"]))["replies"]  # greedy
+    >>> [reply.decode() for reply in replies.numpy()] == generate(
+    ...     policy, tokenizer, ["hello", "你好"], prompt_length=8, max_new_tokens=4)
+    True
     """
     _check_policy(policy, tokenizer)
     if prompt_length < 3:
@@ -317,5 +410,13 @@ def export_generator(policy, tokenizer, path, prompt_length, max_new_tokens, ove
         )
     path = _prepare_path(path, overwrite)
     module = _GeneratorModule(policy, tokenizer, prompt_length, max_new_tokens)
-    tf.saved_model.save(module, path, signatures={name: getattr(module, name) for name in SIGNATURES})
+    existed = os.path.isdir(path)
+    try:
+        os.makedirs(path, exist_ok=True)
+        tf.saved_model.save(module, path, signatures={name: getattr(module, name) for name in SIGNATURES})
+    except (OSError, tf.errors.OpError) as e:
+        # Disk full, permissions changed, a path that cannot be created...:
+        # one line, and no half-written SavedModel left behind.
+        _remove_partial(path, existed)
+        raise OutputPathError(f"Could not write the SavedModel to {path}: {_reason(e)}.") from e
     return path

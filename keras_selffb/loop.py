@@ -112,8 +112,10 @@ def filter_candidates(rewards, threshold, weighting="reward"):
     Example:
 
     >>> idx, w = filter_candidates(np.array([0.2, 0.9, 0.5]), 0.5)
-    >>> idx.tolist(), np.round(w, 3).tolist()
-    ([1, 2], [1.286, 0.714])
+    >>> idx.tolist(), w.dtype, [round(float(x), 3) for x in w]  # 0.9 / 0.7, 0.5 / 0.7
+    ([1, 2], dtype('float32'), [1.286, 0.714])
+    >>> filter_candidates(np.array([0.2, 0.9, 0.5]), 0.5, weighting="uniform")[1].tolist()
+    [1.0, 1.0]
     """
     rewards = np.asarray(rewards, np.float64)
     if not np.all(np.isfinite(rewards)):
@@ -194,6 +196,9 @@ class SelfFeedbackLoop:
             `stop_training` (EarlyStopping, TerminateOnNaN, TargetReached),
             the round's remaining methods are skipped, the round is
             evaluated and saved, and the loop ends (`history[-1]["stopped"]`).
+            A round that leaves NaN or inf weights is undone (the previous
+            round's policy is kept; `history[-1]["diverged"]`) and ends the
+            loop.
         carry_state: bool. Each method keeps one trainer for all rounds, so
             its optimizer (Adam's moments and step count), the adaptive KL
             coefficient and the moving-average baseline carry over from
@@ -647,6 +652,7 @@ class SelfFeedbackLoop:
             keras.utils.set_random_seed(self.seed * 1000 + round_index)
             reset_seed_generators(self.policy, self.seed * 1000 + round_index)
             record = {"round": round_index}
+            before = [w.numpy() for w in self.policy.weights]  # the previous round's policy
             if "filtered" in self.methods:
                 rows, candidates, rewards = self._candidates(round_index)
                 quantile = self.threshold_quantiles[min(round_index - 1, len(self.threshold_quantiles) - 1)]
@@ -668,6 +674,13 @@ class SelfFeedbackLoop:
                     record["contrastive"] = self._contrastive(round_index)
             if self._stopped:
                 record["stopped"] = True
+            if not all(np.isfinite(w.numpy()).all() for w in self.policy.weights):
+                # Diverged (TerminateOnNaN stopped it, or the round ended on
+                # NaN weights): keep the previous round's policy, and stop.
+                for weight, value in zip(self.policy.weights, before):
+                    weight.assign(value)
+                record.update(diverged=True, stopped=True)
+                self._stopped = True
             record["metrics"] = self.evaluate()
             record["seconds"] = round(time.perf_counter() - start, 1)
             if self.directory:
@@ -679,7 +692,10 @@ class SelfFeedbackLoop:
                       + (f"  threshold {record['threshold']:.4f}, kept {record['filtered']['kept']}"
                          if "filtered" in record else ""))
         if self._stopped:
-            self._log(f"SelfFeedbackLoop: a callback stopped training in round {len(self.history) - 1}")
+            last = self.history[-1]
+            self._log(f"SelfFeedbackLoop: stopped in round {last['round']}: "
+                      + ("the policy diverged (NaN weights); it is back to the previous round's"
+                         if last.get("diverged") else "a callback stopped training"))
         if self.restore_best:
             self._roll_back()
         return self.history

@@ -1,36 +1,11 @@
-"""Test configuration shared by the whole suite.
+"""Helpers shared by the test files (`from conftest import ...`).
 
-Two logical CPU devices are configured here, at import time, because
-TensorFlow only accepts a device configuration before it initialises; the
-MirroredStrategy tests need them and every other test simply runs on the
-first one.
+The logical CPU devices and the per-test seed are set up in the root
+`conftest.py`, which pytest loads first (before the doctest collector
+imports `keras_selffb`).
 """
 
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-
-import tensorflow as tf  # noqa: E402
-
-_cpus = tf.config.list_physical_devices("CPU")
-try:
-    tf.config.set_logical_device_configuration(
-        _cpus[0],
-        [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()],
-    )
-except RuntimeError:  # already initialised by a plugin: strategy tests skip
-    pass
-
-import keras  # noqa: E402
-import pytest  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def _seed_everything():
-    """Every test starts from the same global seed."""
-    keras.utils.set_random_seed(1234)
-    yield
+import tensorflow as tf
 
 
 def cpu_devices():

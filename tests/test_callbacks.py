@@ -1,9 +1,7 @@
 """Callbacks: logged keys, parity with rouge-score / sacrebleu, TensorBoard events, stopping."""
 
 import csv
-import doctest
 import glob
-import importlib
 import math
 import os
 import types
@@ -327,11 +325,3 @@ def test_target_reached_in_a_real_fit():
     history = model.fit(x, y, batch_size=16, epochs=8, verbose=0, callbacks=[callback]).history
     assert callback.reached_epoch == 4
     assert history["loss"] == pytest.approx(losses[:5], rel=1e-4)  # stopped after epoch 4
-
-
-# GenerationMetrics' example needs a fit: the `run` fixture is that example.
-@pytest.mark.parametrize("name", ["keras_selffb.callbacks.target_reached", "keras_selffb.callbacks.text_samples"])
-def test_docstring_examples(name):
-    module = importlib.import_module(name)
-    result = doctest.testmod(module, globs=dict(vars(module)), optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0

@@ -9,7 +9,6 @@ compare that with the package's own `keras-selffb generate` and teacher-forced
 scoring.
 """
 
-import doctest
 import json
 import os
 import subprocess
@@ -23,7 +22,6 @@ import tensorflow as tf
 import yaml
 from tensorflow.core.protobuf import saved_model_pb2
 
-from keras_selffb import export as export_module
 from keras_selffb.cli import main
 from keras_selffb.config import TrainConfig
 from keras_selffb.export import _GeneratorModule, export_generator
@@ -334,8 +332,3 @@ def test_export_generator_argument_errors(tmp_path, change, message):
     with pytest.raises(ValueError, match=message):
         export_generator(**arguments)
     assert not (tmp_path / "out").exists()
-
-
-def test_docstring_example_runs():
-    result = doctest.testmod(export_module, globs=dict(vars(export_module)), optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0

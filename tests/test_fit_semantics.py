@@ -47,10 +47,10 @@ def epoch_data(epoch):
 def never_improves(patience):
     """EarlyStopping that stops `patience` epochs after the first, whatever the values.
 
-    The loss falls, so in mode "max" it never improves: `wait` grows by one per
-    epoch. A fresh EarlyStopping after a restart would start counting again.
+    With `min_delta=1e9` no epoch after the first improves: `wait` grows by one
+    per epoch. A fresh EarlyStopping after a restart would start counting again.
     """
-    return keras.callbacks.EarlyStopping(monitor="loss", mode="max", patience=patience)
+    return keras.callbacks.EarlyStopping(monitor="loss", mode="max", patience=patience, min_delta=1e9)
 
 
 class CrashAtEpoch(keras.callbacks.Callback):
@@ -262,6 +262,9 @@ def test_terminate_on_nan_inside_a_round_ends_the_loop(tmp_path):
     history = loop.run()
     assert len(history) - 1 == 1 and history[-1]["stopped"]
     assert "filtered" not in history[-1]  # the round's remaining method was skipped
+    assert history[-1]["diverged"]  # NaN weights: back to the start of the round
+    for weight, start in zip(loop.policy.weights, np.load(tmp_path / "round_0.npz").values()):
+        np.testing.assert_array_equal(weight.numpy(), start)
 
 
 def test_contrastive_trainer_defaults_are_the_measured_settings():
@@ -270,3 +273,107 @@ def test_contrastive_trainer_defaults_are_the_measured_settings():
     assert (trainer.mode, trainer.rank_weight, trainer.mle_weight) == ("sequence_likelihood", 1.0, 1.0)
     encoder = LLMEncoder(VOCAB, 4, 8)
     assert ContrastiveTrainer(policy, PROMPT, 4, encoder=encoder).mode == "encoder"
+
+
+# -- the `keras-selffb train` pipeline --------------------------------------
+
+PIPELINE = {
+    "embedding_dim": 8, "hidden_dim": 16, "batch_size": 8, "learning_rate": 0.01,
+    "prompt_length": 24, "response_length": 16, "num_samples": 1, "epochs": 6, "patience": 6,
+    "feedback_rounds": 4, "feedback_methods": "rl", "rl_steps": 4, "rl_batch_size": 4,
+    "rl_samples": 2, "seed": 2,
+}
+
+
+def pipeline_config(tmp_path, name):
+    import json
+
+    from conftest import CLI_PAIRS
+
+    from keras_selffb.config import TrainConfig
+
+    data = tmp_path / "pairs.jsonl"
+    if not data.exists():
+        data.write_text("\n".join(json.dumps({"prompt": f"{p} {i}", "response": r}, ensure_ascii=False)
+                                  for i in range(6) for p, r in CLI_PAIRS), encoding="utf-8")
+    return TrainConfig.from_dict({**PIPELINE, "data": str(data), "output": str(tmp_path / name)})
+
+
+def final_weights(config):
+    import os
+
+    policy = keras.saving.load_model(os.path.join(config.run_dir, "policy.keras"))
+    return [w.numpy() for w in policy.weights]
+
+
+@pytest.mark.slow
+def test_early_stopping_in_the_pipeline_stops_mle_and_the_rounds_and_a_resumed_run_stops_alike(tmp_path):
+    from keras_selffb.pipeline import run_train
+
+    def stopper():  # stops 2 epochs after the first, in MLE and again over the rounds
+        return never_improves(2)
+
+    config = pipeline_config(tmp_path, "full")
+    full = run_train(config, verbose=0, callbacks=[stopper()])
+    assert full["mle"]["epochs"] == 3  # of 6
+    # One RL epoch per round: the stopper's third epoch is round 3 (of 4).
+    assert full["feedback"]["rounds"] == 3 and full["rounds"][-1]["stopped"]
+
+    cut = pipeline_config(tmp_path, "cut")
+    with pytest.raises(KeyboardInterrupt):  # killed as MLE's epoch 2 begins
+        run_train(cut, verbose=0, callbacks=[stopper(), CrashAtEpoch(2)])
+    with pytest.raises(KeyboardInterrupt):  # killed again as round 3 begins (loop epoch 2)
+        run_train(cut, verbose=0, callbacks=[stopper(), CrashAtEpoch(2)])
+    resumed = run_train(cut, verbose=0, callbacks=[stopper()])
+    assert resumed["mle"] == full["mle"] | {"seconds": resumed["mle"]["seconds"]}
+    assert resumed["feedback"]["rounds"] == 3
+    assert [r["metrics"] for r in resumed["rounds"]] == [r["metrics"] for r in full["rounds"]]
+    for a, b in zip(final_weights(cut), final_weights(config)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_terminate_on_nan_in_the_pipeline_keeps_the_last_good_weights(tmp_path):
+    from keras_selffb.pipeline import run_train
+
+    config = pipeline_config(tmp_path, "nan")
+    # NaN weights after MLE epoch 1's first batch, and again in the loop's epoch 1 (round 2).
+    report = run_train(config, verbose=0, callbacks=[PoisonAtBatch(epoch=1, batch=0)])
+    assert report["mle"]["epochs"] == 2  # TerminateOnNaN (on by default) stopped MLE in epoch 1 of 6
+    assert np.isfinite(report["mle"]["validation_perplexity"])  # the best epoch (0) was kept
+    rounds = report["rounds"]
+    assert len(rounds) - 1 == 2 and rounds[-1]["diverged"] and rounds[-1]["stopped"]
+    assert rounds[-1]["metrics"] == rounds[1]["metrics"]  # round 2 undone: round 1's policy
+    assert all(np.isfinite(w).all() for w in final_weights(config))
+
+
+def test_a_kill_between_an_epochs_weights_and_its_state_file_resumes_exactly(tmp_path, monkeypatch):
+    reference = mle_trainer()
+    fit_resumable(reference, epoch_data, 4, str(tmp_path / "full"), verbose=0)
+
+    real_write = checkpoint_module.write_json
+    calls = []
+
+    def dies(path, value):
+        calls.append(path)
+        if len(calls) == 2:  # epoch 1's weights are on disk, its state.json is not
+            raise KeyboardInterrupt
+        real_write(path, value)
+
+    monkeypatch.setattr(checkpoint_module, "write_json", dies)
+    with pytest.raises(KeyboardInterrupt):
+        fit_resumable(mle_trainer(), epoch_data, 4, str(tmp_path / "cut"), verbose=0)
+    monkeypatch.setattr(checkpoint_module, "write_json", real_write)
+    resumed = mle_trainer()
+    result = fit_resumable(resumed, epoch_data, 4, str(tmp_path / "cut"), verbose=0)
+    assert result["resumed_from"] == 1  # epoch 1 is redone from epoch 0's checkpoint, not from its own weights
+    for a, b in zip(weights(resumed), weights(reference)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_mle_that_diverges_from_the_first_batch_is_one_clear_error(tmp_path):
+    from keras_selffb.pipeline import run_train
+
+    config = pipeline_config(tmp_path, "diverged")
+    with pytest.raises(ValueError, match=r"MLE diverged: .*NaN or inf after epoch 1 .*lower learning_rate"):
+        run_train(config, verbose=0, callbacks=[PoisonAtBatch(epoch=0, batch=0)])

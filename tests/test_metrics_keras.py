@@ -75,7 +75,7 @@ def test_perplexity_metric_is_exp_of_total_nll_over_tokens():
 def test_metrics_under_mirrored_strategy_equal_one_device():
     devices = [d.name for d in tf.config.list_logical_devices("CPU")]
     if len(devices) < 2:
-        pytest.skip("needs two logical CPU devices (tests/conftest.py)")
+        pytest.skip("needs two logical CPU devices (the root conftest.py)")
     strategy = mirrored_strategy()
     assert strategy.num_replicas_in_sync == 2
     targets, logits, mask = _logits_batch(0, batch=12)

@@ -6,8 +6,6 @@ policy's logits for fluency, a numpy cosine over separately encoded
 sequences for relevance, and hand counts for distinct-n.
 """
 
-import doctest
-import importlib
 import re
 
 import keras
@@ -434,7 +432,7 @@ def test_python_reward_bad_outputs_raise_naming_the_reward(tokenizer):
         tf.function(wrong_length)(*batch)
 
 
-# --- Graph mode, XLA, doctests ---------------------------------------------
+# --- Graph mode, XLA -------------------------------------------------------
 
 # The id forms are compared in graph mode by the XLA test below; the
 # article preset is a WeightedReward of parts that are all listed here.
@@ -478,13 +476,3 @@ def test_id_rewards_compile_under_xla(policy, encoder):
     eager = reward.components(prompts, candidates, references)
     for name, values in eager.items():
         check(compiled[name], values.numpy())
-
-
-MODULES = ["rouge_l_reward", "bleu_reward", "fluency_reward", "relevance_reward",
-           "informativeness_reward", "weighted_reward", "python_reward", "serialization"]
-
-
-@pytest.mark.parametrize("module", MODULES)
-def test_docstring_examples(module):
-    result = doctest.testmod(importlib.import_module(f"keras_selffb.rewards.{module}"))
-    assert result.attempted > 0 and result.failed == 0

@@ -47,14 +47,21 @@ class TextSamples(keras.callbacks.Callback):
 
     >>> import tempfile
     >>> from keras_selffb.models import PolicyNetwork
+    >>> from keras_selffb.rewards import RougeLReward
     >>> from keras_selffb.text import CharTokenizer
     >>> tokenizer = CharTokenizer.train(["hi", "hello"])
+    >>> policy = PolicyNetwork(tokenizer.vocabulary_size, 8, 8)
+    >>> kernel, bias = policy.head.get_weights()  # make it always say "h"
+    >>> bias[tokenizer.vocabulary.index("h")] = 10.0
+    >>> policy.head.set_weights([0.0 * kernel, bias])
     >>> callback = TextSamples(["hi"], tokenizer, tempfile.mkdtemp(), prompt_length=6,
-    ...                        max_new_tokens=4)
-    >>> callback.set_model(PolicyNetwork(tokenizer.vocabulary_size, 8, 8))
+    ...                        max_new_tokens=4, reward=RougeLReward(), references=["hello"])
+    >>> callback.set_model(policy)
     >>> callback.on_epoch_end(0)
-    >>> callback.table.splitlines()[0]
-    '| prompt | reply |'
+    >>> print(callback.table)  # ROUGE-L F of "hhhh" vs "hello": LCS 1, P 1/4, R 1/5
+    | prompt | reply | reference | rouge_l |
+    |---|---|---|---|
+    | hi | hhhh | hello | 0.2222 |
     """
 
     def __init__(

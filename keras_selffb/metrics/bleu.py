@@ -211,9 +211,10 @@ def corpus_bleu(references, hypotheses, tokenize="13a", smooth_method="exp",
 
     Example:
 
-    >>> r = corpus_bleu(["The cat sat on the mat."], ["The cat sat on the mat."])
-    >>> round(float(r.score), 4)
-    100.0
+    >>> # sacrebleu.corpus_bleu(["The cat sat on a mat."], [["The cat sat on the mat."]])
+    >>> r = corpus_bleu(["The cat sat on the mat."], ["The cat sat on a mat."])
+    >>> round(float(r.score), 4), [round(float(p), 2) for p in r.precisions]
+    (48.8923, [85.71, 66.67, 40.0, 25.0])
     """
     _check_smoothing(smooth_method, smooth_value)
     stats = bleu_statistics(references, hypotheses, tokenize, lowercase,

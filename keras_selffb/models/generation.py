@@ -9,6 +9,8 @@ so every row starts generating at the same column and beam search is exact.
 Special ids other than EOS (PAD, BOS, SEP, UNK) are never generated.
 """
 
+import math
+import numbers
 import warnings
 
 import keras_hub
@@ -28,8 +30,89 @@ SAMPLERS = {
 FORBIDDEN_IDS = (PAD_ID, BOS_ID, SEP_ID, UNK_ID)
 
 
+# The constructor arguments each named sampler takes, and the CLI flag of each
+# (for error messages).
+SAMPLER_ARGUMENTS = {
+    "greedy": ("temperature",),
+    "top_k": ("k", "seed", "temperature"),
+    "top_p": ("p", "k", "seed", "temperature"),
+    "random": ("seed", "temperature"),
+    "beam": ("num_beams", "return_all_beams", "temperature"),
+}
+_FLAGS = {"k": "--top-k", "p": "--top-p", "num_beams": "--num-beams", "temperature": "--temperature"}
+
+
+def _is_integer(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_sampler_arguments(name, arguments):
+    """Raises a one-line `ValueError` for a bad argument of a named sampler.
+
+    Checks `temperature` (a finite number >= 0; 0 is greedy decoding), `k`
+    (an integer >= 1; at most the vocabulary, which `check_sampler_vocabulary`
+    checks), `p` (0 < p <= 1) and `num_beams` (an integer >= 1), and that
+    every argument is one the sampler takes.
+
+    Args:
+        name: str. One of `SAMPLERS`.
+        arguments: dict of constructor arguments.
+    """
+
+    def fail(key, rule):
+        flag = f" ({_FLAGS[key]})" if key in _FLAGS and (key != "k" or name == "top_k") else ""
+        raise ValueError(f"{name} sampler: {key}{flag} must be {rule}; got {arguments[key]!r}.")
+
+    unknown = sorted(set(arguments) - set(SAMPLER_ARGUMENTS[name]))
+    if unknown:
+        raise ValueError(
+            f"{name} sampler: unknown argument(s) {unknown}; it takes {list(SAMPLER_ARGUMENTS[name])}."
+        )
+    temperature = arguments.get("temperature", 1.0)
+    if not _is_real(temperature) or not math.isfinite(temperature) or temperature < 0:
+        fail("temperature", "a finite number >= 0 (0 is greedy decoding)")
+    k = arguments.get("k")
+    if "k" in arguments and not (name == "top_p" and k is None) and (not _is_integer(k) or k < 1):
+        fail("k", "an integer >= 1" + (" or None" if name == "top_p" else ""))
+    p = arguments.get("p")
+    if "p" in arguments and (not _is_real(p) or not 0 < p <= 1):
+        fail("p", "a number with 0 < p <= 1")
+    if "num_beams" in arguments and (not _is_integer(arguments["num_beams"]) or arguments["num_beams"] < 1):
+        fail("num_beams", "an integer >= 1")
+
+
+def check_sampler_vocabulary(sampler, vocab_size):
+    """Raises a one-line `ValueError` if `sampler` keeps more top tokens than `vocab_size`."""
+    k = getattr(sampler, "k", None)
+    if k is not None and _is_integer(k) and k > vocab_size:
+        flag = " (--top-k)" if isinstance(sampler, keras_hub.samplers.TopKSampler) else ""
+        raise ValueError(
+            f"{type(sampler).__name__}: k{flag} = {k} is more than the vocabulary "
+            f"({vocab_size} tokens); use 1 to {vocab_size}."
+        )
+
+
+def _sampler_arguments(sampler):
+    """The checked constructor arguments a keras-hub sampler instance holds."""
+    for name, cls in SAMPLERS.items():
+        if type(sampler) is cls:
+            keys = [key for key in SAMPLER_ARGUMENTS[name] if key not in ("seed", "return_all_beams")]
+            return name, {key: getattr(sampler, key) for key in keys if hasattr(sampler, key)}
+    return None, {}
+
+
 def get_sampler(identifier="greedy", **kwargs):
     """Returns a keras-hub sampler from a name, a config dict or an instance.
+
+    The arguments are checked first (`check_sampler_arguments`): a bad one
+    raises a one-line `ValueError`, not an error from inside the decoding
+    graph. `temperature=0` means greedy decoding for every named sampler
+    (the limit of each as the temperature goes to 0, and what the exported
+    SavedModel does at temperature 0): a `GreedySampler` is returned.
 
     Args:
         identifier: str, dict or `keras_hub.samplers.Sampler`. One of
@@ -37,17 +120,37 @@ def get_sampler(identifier="greedy", **kwargs):
             `{"class_name": name, "config": {...}}` dict, or a sampler.
         **kwargs: constructor arguments for a named sampler, e.g. `k=5`,
             `p=0.9`, `num_beams=4`, `temperature=0.8`, `seed=1`.
+
+    Example:
+
+    >>> type(get_sampler("top_k", k=3, temperature=0.0)).__name__
+    'GreedySampler'
+    >>> get_sampler("top_k", k=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: top_k sampler: k (--top-k) must be an integer >= 1; got 0.
     """
     if isinstance(identifier, keras_hub.samplers.Sampler):
+        name, arguments = _sampler_arguments(identifier)
+        if name is not None:
+            check_sampler_arguments(name, arguments)
+            if arguments.get("temperature", 1.0) == 0:
+                raise ValueError(
+                    f"{type(identifier).__name__} has temperature 0, which divides by zero; "
+                    "use the 'greedy' sampler (or get_sampler(name, temperature=0))."
+                )
         return identifier
     if isinstance(identifier, dict):
         name = identifier.get("class_name")
         kwargs = {**identifier.get("config", {}), **kwargs}
         identifier = name
-    if identifier not in SAMPLERS:
+    if not isinstance(identifier, str) or identifier not in SAMPLERS:
         raise ValueError(f"Unknown sampler {identifier!r}; choose one of {sorted(SAMPLERS)}.")
     if identifier in ("greedy", "beam"):
         kwargs.pop("seed", None)
+    check_sampler_arguments(identifier, kwargs)
+    if kwargs.get("temperature", 1.0) == 0:
+        return keras_hub.samplers.GreedySampler()
     return SAMPLERS[identifier](**kwargs)
 
 
@@ -78,6 +181,7 @@ def generate_ids(policy, prompt_ids, max_new_tokens, sampler, stop_at_eos=True):
     Returns:
         int32 `(B, N)`: the response, EOS included, PAD after it.
     """
+    check_sampler_vocabulary(sampler, policy.vocab_size)
     prompt_ids = ops.cast(prompt_ids, "int32")
     prompt_length = prompt_ids.shape[1]
     batch_size = ops.shape(prompt_ids)[0]
@@ -93,7 +197,13 @@ def generate_ids(policy, prompt_ids, max_new_tokens, sampler, stop_at_eos=True):
         rows = ops.shape(prompt)[0]
         token = ops.slice(prompt, [0, index - 1], [rows, 1])
         logits, cache = policy.call_with_cache(token, cache)
-        return ops.cast(logits[:, 0, :], "float32") + bias, None, cache
+        logits = ops.cast(logits[:, 0, :], "float32")
+        # A diverged policy (NaN weights) would make the samplers draw an id
+        # outside the vocabulary and crash deep in the next embedding lookup;
+        # NaN logits become -1e9 so generation finishes and the NaN shows up
+        # where it is checked: in the loss (TerminateOnNaN) and the metrics.
+        logits = ops.where(ops.isnan(logits), -1e9, logits)
+        return logits + bias, None, cache
 
     output = sampler(
         next_fn,
@@ -152,13 +262,14 @@ class ResponseGenerator:
                 f"Vocabulary mismatch: the tokenizer has {tokenizer.vocabulary_size} "
                 f"tokens but the policy was built for {policy.vocab_size}."
             )
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1; got {max_new_tokens}.")
+        if not _is_integer(max_new_tokens) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be an integer >= 1; got {max_new_tokens!r}.")
         self.policy = policy
         self.tokenizer = tokenizer
         self.prompt_length = prompt_length
         self.max_new_tokens = max_new_tokens
         self.sampler = get_sampler(sampler, **sampler_kwargs)
+        check_sampler_vocabulary(self.sampler, policy.vocab_size)
         self._step = tf.function(self._generate, reduce_retracing=True)
 
     def _generate(self, prompt_ids):

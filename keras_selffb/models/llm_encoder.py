@@ -30,10 +30,15 @@ class LLMEncoder(keras.Model):
 
     Example:
 
+    >>> import numpy as np
     >>> encoder = LLMEncoder(vocab_size=20, embedding_dim=8, hidden_dim=8)
-    >>> ids = keras.ops.convert_to_tensor([[1, 7, 4, 0, 0], [1, 3, 3, 3, 2]])
-    >>> tuple(encoder(ids).shape)
+    >>> padded = encoder(keras.ops.convert_to_tensor([[1, 7, 4, 0, 0], [0, 0, 1, 7, 4]]))
+    >>> tuple(padded.shape)
     (2, 8)
+    >>> # Padding on either side changes nothing ("last": the last real token).
+    >>> unpadded = encoder(keras.ops.convert_to_tensor([[1, 7, 4]]))
+    >>> bool(np.allclose(padded, unpadded, atol=1e-6))
+    True
     """
 
     def __init__(

@@ -31,14 +31,18 @@ class PolicyNetwork(keras.Model):
 
     Example:
 
+    >>> import numpy as np
     >>> policy = PolicyNetwork(vocab_size=20, embedding_dim=8, hidden_dim=8)
     >>> ids = keras.ops.convert_to_tensor([[1, 7, 4, 9, 2, 0]])
-    >>> tuple(policy(ids).shape)
+    >>> logits = policy(ids)
+    >>> tuple(logits.shape)
     (1, 6, 20)
+    >>> # Generation: the prompt in one call, then one token a call from the cache.
     >>> cache = policy.initial_cache(1)
-    >>> logits, cache = policy.call_with_cache(ids[:, :1], cache)
-    >>> tuple(cache.shape)
-    (1, 1, 2, 8)
+    >>> _, cache = policy.call_with_cache(ids[:, :3], cache)
+    >>> step, cache = policy.call_with_cache(ids[:, 3:4], cache)
+    >>> tuple(cache.shape), bool(np.allclose(step[:, 0], logits[:, 3], atol=1e-6))
+    ((1, 1, 2, 8), True)
     """
 
     def __init__(

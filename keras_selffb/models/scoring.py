@@ -13,6 +13,18 @@ def response_token_nll(policy, prompt_ids, response_ids, training=False, logit_b
     Returns:
         `(nll (B, R), mask (B, R), logits (B, R, V))`; `mask` is 1.0 on real
         response tokens (EOS included) and 0.0 on padding.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_selffb.models import PolicyNetwork
+    >>> policy = PolicyNetwork(vocab_size=10, embedding_dim=4, hidden_dim=4)
+    >>> policy.head.set_weights([np.zeros_like(w) for w in policy.head.get_weights()])
+    >>> nll, mask, logits = response_token_nll(policy, np.array([[1, 7, 4]]), np.array([[8, 2, 0]]))
+    >>> mask.numpy().tolist(), tuple(logits.shape)
+    ([[1.0, 1.0, 0.0]], (1, 3, 10))
+    >>> bool(np.allclose(nll, [[np.log(10), np.log(10), 0.0]]))  # uniform: log V a token
+    True
     """
     response_length = ops.shape(response_ids)[1]
     inputs = ops.concatenate([prompt_ids, response_ids[:, :-1]], axis=1)

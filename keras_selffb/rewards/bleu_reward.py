@@ -29,9 +29,10 @@ class BleuReward(OverlapReward):
     Example:
 
     >>> reward = BleuReward()
-    >>> ids = [[5, 6, 7, 8, 2]]
-    >>> round(float(reward([[1, 9, 4]], ids, ids)[0]), 4)
-    1.0
+    >>> # Content ids "5 6 7 9" against "5 6 7 8" (EOS 2 and padding dropped):
+    >>> # sacrebleu.sentence_bleu("5 6 7 9", ["5 6 7 8"], tokenize="none") is 59.4604.
+    >>> round(float(reward([[1, 9, 4]], [[5, 6, 7, 9, 2]], [[5, 6, 7, 8, 2, 0]])[0]), 4)
+    0.5946
 
     References:
         Papineni et al. (2002), "BLEU: a Method for Automatic Evaluation of

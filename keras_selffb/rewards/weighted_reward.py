@@ -62,10 +62,11 @@ class WeightedReward(Reward):
 
     >>> from keras_selffb.rewards import BleuReward, RougeLReward
     >>> reward = WeightedReward({RougeLReward(): 0.5, BleuReward(): 0.5})
-    >>> refs = [[5, 6, 7, 8, 2]]
-    >>> parts = reward.components([[1, 9, 4]], refs, refs)
-    >>> sorted(parts), round(float(reward.total(parts)[0]), 4)
-    (['bleu', 'rouge_l'], 1.0)
+    >>> parts = reward.components([[1, 9, 4]], [[5, 6, 7, 9, 2]], [[5, 6, 7, 8, 2]])
+    >>> {name: round(float(value[0]), 4) for name, value in parts.items()}
+    {'rouge_l': 0.75, 'bleu': 0.5946}
+    >>> round(float(reward.total(parts)[0]), 4)  # 0.5 * 0.75 + 0.5 * 0.5946
+    0.6723
     """
 
     default_name = "weighted"

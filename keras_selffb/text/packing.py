@@ -78,6 +78,17 @@ def pack_pairs(tokenizer, pairs, prompt_length, response_length, warn=True):
         response_length: int. Response columns `R`, EOS included.
         warn: bool. Warn with the number of truncated prompts/responses.
             Defaults to `True`.
+
+    Example:
+
+    >>> from keras_selffb.text import CharTokenizer
+    >>> tokenizer = CharTokenizer.train(["hi", "yo"])
+    >>> tokenizer.vocabulary[5:]
+    ['h', 'i', 'o', 'y']
+    >>> # [PAD .. BOS prompt SEP | response EOS PAD ..]; PAD 0, BOS 1, EOS 2, SEP 4.
+    >>> pack_pairs(tokenizer, [("hi", "yo"), ("i", "")], prompt_length=4, response_length=3)
+    array([[1, 5, 6, 4, 8, 7, 2],
+           [0, 1, 6, 4, 2, 0, 0]], dtype=int32)
     """
     _check_lengths(prompt_length, response_length)
     if len(pairs) == 0:

@@ -76,6 +76,17 @@ class CharTokenizer(tf.Module):
     Args:
         vocabulary: list of str. The reserved tokens followed by single
             characters; id `i` is `vocabulary[i]`.
+
+    Example:
+
+    >>> tokenizer = CharTokenizer.train(["hello", "你好"])
+    >>> tokenizer.vocabulary[5:]  # after the 5 reserved tokens: most frequent first
+    ['l', 'e', 'h', 'o', '你', '好']
+    >>> ids = tokenizer.tokenize(["hello", "héllo"])
+    >>> ids.to_list()  # "é" was never seen: [UNK] (id 3)
+    [[7, 6, 5, 5, 8], [7, 3, 5, 5, 8]]
+    >>> tokenizer.detokenize(ids).numpy().tolist()  # [UNK] becomes U+FFFD
+    [b'hello', b'h\\xef\\xbf\\xbdllo']
     """
 
     kind = "char"

@@ -25,7 +25,14 @@ def group_rewards(rewards, num_samples):
 
 
 def rloo_advantages(rewards, num_samples):
-    """`r_i - mean_{j != i} r_j` within each group of `num_samples`; `[B * K]`."""
+    """`r_i - mean_{j != i} r_j` within each group of `num_samples`; `[B * K]`.
+
+    Example:
+
+    >>> # Two prompts, K = 3 samples each (prompt-major).
+    >>> rloo_advantages(tf.constant([1.0, 0.0, 0.5, 2.0, 2.0, 2.0]), 3).numpy().tolist()
+    [0.75, -0.75, 0.0, 0.0, 0.0, 0.0]
+    """
     if num_samples < 2:
         raise ValueError(f"The rloo baseline needs num_samples >= 2; got {num_samples}.")
     grouped = group_rewards(rewards, num_samples)

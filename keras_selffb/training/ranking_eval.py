@@ -55,6 +55,13 @@ def ranking_agreement(model_scores, quality, min_score_gap=0.0):
         (mean quality of the candidate the model prefers: reranking),
         `mean_quality` (a random pick), `oracle_quality` (the best pick),
         `pairs` and `prompts` counted.
+
+    Example:
+
+    >>> # The model orders the pairs (0, 1) and (0, 2) right, (1, 2) wrong.
+    >>> r = ranking_agreement([[0.3, 0.1, 0.2]], [[0.9, 0.5, 0.1]])
+    >>> r["pairs"], round(r["pair_accuracy"], 4), round(r["spearman"], 4), r["top1_quality"]
+    (3, 0.6667, 0.5, 0.9)
     """
     model_scores = np.asarray(model_scores, dtype=np.float64)
     quality = np.asarray(quality, dtype=np.float64)
