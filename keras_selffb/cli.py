@@ -97,6 +97,11 @@ def _parser():
     train.add_argument("--target", type=float, help="stop the rounds once the monitored metric reaches this")
     train.add_argument("--strategy", choices=["default", "mirrored", "multi_worker"],
                        help="tf.distribute strategy (see docs/distributed.md)")
+    train.add_argument("--model", choices=["lstm", "gpt2", "llama"],
+                       help="the policy: the article's character LSTM (default) or a keras-hub GPT-2 or "
+                       "Llama trained from scratch (see docs/models.md)")
+    train.add_argument("--lora-rank", type=int,
+                       help="train only LoRA weights of this rank after MLE (gpt2/llama; 0: off)")
     resume = train.add_mutually_exclusive_group()
     resume.add_argument("--resume", action="store_true",
                         help="continue the interrupted run in --output/--name with its saved settings")
@@ -132,7 +137,8 @@ def _parser():
 
 
 # The command-line flag of each setting `_train` takes from the command line.
-_FLAGS = {"feedback_rounds": "--rounds", "feedback_methods": "--methods", "feedback_target": "--target"}
+_FLAGS = {"feedback_rounds": "--rounds", "feedback_methods": "--methods", "feedback_target": "--target",
+          "lora_rank": "--lora-rank"}
 
 
 def _train(args):
@@ -152,6 +158,8 @@ def _train(args):
             "feedback_methods": args.methods,
             "feedback_target": args.target,
             "strategy": args.strategy,
+            "model": args.model,
+            "lora_rank": args.lora_rank,
         }.items()
         if value is not None
     }
@@ -211,6 +219,11 @@ def format_report(report, run_dir):
             )
     lines.append(f"MLE: {mle['epochs']} epochs in {mle['seconds']:.0f} s; "
                  f"vocabulary {report['vocabulary_size']}")
+    if "model" in report:
+        model = report["model"]
+        trainable = (f" ({model['trainable_parameters']:,} trainable: LoRA rank {model['lora_rank']})"
+                     if model.get("lora_rank") else "")
+        lines.append(f"model: {model['kind']}, {model['parameters']:,} parameters{trainable}")
     lines.append("")
     lines.append(f"{'validation':<16}{'ROUGE-L':>10}{'BLEU':>10}{'perplexity':>12}{'reward':>10}")
     for stage, scores in report["validation"].items():

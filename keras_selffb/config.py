@@ -22,6 +22,7 @@ SAMPLERS = ("greedy", "top_k", "top_p", "random", "beam")  # models.generation.S
 BASELINES = ("rloo", "self_critical", "moving_average", "none")  # training.baselines.BASELINES
 METHODS = ("rl", "filtered", "contrastive")  # loop.METHODS
 STRATEGIES = ("default", "mirrored", "multi_worker")  # distribute.STRATEGIES
+MODELS = ("lstm", "gpt2", "llama")  # pipeline.build_policy; the transformers: models.causal_lm_policy
 NUM_RESERVED_TOKENS = 5  # text.tokenizer.NUM_RESERVED
 MAX_SEED = 2**32 - 1  # numpy's seed range
 _CHOICES = {
@@ -31,6 +32,7 @@ _CHOICES = {
     "rl_reward": ("rouge_l", "bleu", "article"),
     "rl_baseline": BASELINES,
     "strategy": STRATEGIES,
+    "model": MODELS,
     "contrastive_mode": ("sequence_likelihood", "encoder"),
     "feedback_monitor": ("val_rouge_l", "val_bleu", "val_reward", "val_perplexity"),
 }
@@ -61,7 +63,22 @@ class TrainConfig:
             keep their last tokens (with a warning).
         response_length: int. Response columns incl. EOS; longer responses
             are cut (with a warning).
-        embedding_dim, hidden_dim, num_layers, dropout: policy size.
+        model: str. The policy: `"lstm"` (the article's character LSTM,
+            `PolicyNetwork`), or a keras-hub transformer trained from scratch
+            with the run's tokenizer: `"gpt2"` or `"llama"`
+            (`keras_selffb.models.causal_lm_policy`; see docs/models.md).
+        embedding_dim, hidden_dim, num_layers, dropout: policy size. The
+            transformers use `hidden_dim` (model width) and `num_layers`
+            (blocks); `embedding_dim` and `dropout` are LSTM-only (a
+            transformer policy has dropout 0), and their context is
+            `prompt_length + response_length` positions.
+        num_heads: int. Attention heads of a transformer policy;
+            `hidden_dim` must be divisible by it. Not used by the LSTM.
+        lora_rank: int. 0 (default): every weight trains. Above 0 (transformers
+            only): `policy.enable_lora(lora_rank)` before training, so in
+            every stage (MLE, the rounds, the contrastive stage) only the LoRA
+            weights train, and the KL reference is the same model with LoRA
+            switched off (`policy.reference()`, no copy of the weights).
         batch_size: int. Global batch size.
         epochs: int. Most MLE epochs.
         patience: int. Stop MLE after this many epochs without a better
@@ -128,10 +145,13 @@ class TrainConfig:
     vocabulary_size: int | None = None
     prompt_length: int = 48
     response_length: int = 80
+    model: str = "lstm"
     embedding_dim: int = 64
     hidden_dim: int = 256
     num_layers: int = 1
     dropout: float = 0.1
+    num_heads: int = 4
+    lora_rank: int = 0
     batch_size: int = 32
     epochs: int = 15
     patience: int = 2
@@ -237,7 +257,7 @@ class TrainConfig:
             "response_length": 2,  # a token, EOS
             "embedding_dim": 1, "hidden_dim": 1, "num_layers": 1, "batch_size": 1, "epochs": 1,
             "patience": 1, "num_samples": 1, "filter_epochs": 1, "rl_samples": 1, "rl_batch_size": 1,
-            "feedback_rounds": 0, "rl_steps": 0, "contrastive_epochs": 0,
+            "feedback_rounds": 0, "rl_steps": 0, "contrastive_epochs": 0, "num_heads": 1, "lora_rank": 0,
         }
         for name, low in at_least.items():
             if getattr(self, name) < low:
@@ -279,6 +299,16 @@ class TrainConfig:
             )
 
     def _check_combinations(self):
+        if self.model != "lstm" and self.hidden_dim % self.num_heads:
+            raise ValueError(
+                f"Config field 'num_heads' must divide hidden_dim ({self.hidden_dim}) for model "
+                f"{self.model!r} (each head gets hidden_dim / num_heads dimensions), got {self.num_heads}."
+            )
+        if self.model == "lstm" and self.lora_rank:
+            raise ValueError(
+                f"Config field 'lora_rank' must be 0 for model 'lstm' (LoRA is for the transformer "
+                f"policies: model 'gpt2' or 'llama'), got {self.lora_rank}."
+            )
         methods = {m.strip() for m in self.feedback_methods.split(",")} if self.feedback_rounds else set()
         if self.rl_steps < 1 and methods & {"rl", "contrastive"}:
             raise ValueError(

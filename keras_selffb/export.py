@@ -16,22 +16,31 @@
   `keras_selffb.models.response_token_nll` computes it on the same packing
   (replies longer than `max_new_tokens - 1` tokens are cut, without EOS).
 
-No Keras code is saved: the weights are copied into `tf.Variable`s and the
-LSTM step is written with raw TF ops (Keras' fused kernel, gates in the order
-input, forget, cell, output; sigmoid gates and tanh). With a `CharTokenizer`
-the graph holds core TensorFlow ops only, so plain `tf.saved_model.load` and
-TF Serving run it. A `WordPieceTokenizer` graph holds tensorflow_text ops:
-`import tensorflow_text` before loading it.
+For a `PolicyNetwork` no Keras code is saved: the weights are copied into
+`tf.Variable`s and the LSTM step is written with raw TF ops (Keras' fused
+kernel, gates in the order input, forget, cell, output; sigmoid gates and
+tanh). For a `CausalLMPolicy` (keras-hub GPT-2 / Llama) the module holds the
+policy's variables and traces the package's own decoding
+(`keras_selffb.models.generation.generate_ids` with a sampler that is greedy
+at temperature 0) and teacher-forced scoring into the graph; the SavedModel
+holds those graphs and variables, not the Keras objects, so it loads without
+Keras or keras-hub just the same. With a `CharTokenizer` the graph holds core
+TensorFlow ops only, so plain `tf.saved_model.load` and TF Serving run it. A
+`WordPieceTokenizer` graph holds tensorflow_text ops: `import tensorflow_text`
+before loading it.
 """
 
 import os
 import shutil
 import tempfile
 
+import keras_hub
 import numpy as np
 import tensorflow as tf
 
-from keras_selffb.models.generation import special_token_bias
+from keras_selffb.models.causal_lm_policy import CausalLMPolicy
+from keras_selffb.models.generation import generate_ids, special_token_bias
+from keras_selffb.models.scoring import response_token_nll
 from keras_selffb.text.packing import pack_prompts, pack_responses
 from keras_selffb.text.tokenizer import EOS_ID, PAD_ID
 
@@ -43,11 +52,26 @@ def _activation_name(function):
     return getattr(function, "__name__", str(function))
 
 
+def _check_tokenizer(policy, tokenizer):
+    kind = getattr(tokenizer, "kind", None)
+    if kind not in SUPPORTED_TOKENIZERS:
+        raise ValueError(
+            f"Unknown tokenizer type {type(tokenizer).__name__} (kind {kind!r}): "
+            f"export_generator supports keras_selffb CharTokenizer and "
+            f"WordPieceTokenizer ({', '.join(SUPPORTED_TOKENIZERS)})."
+        )
+    if tokenizer.vocabulary_size != policy.vocab_size:
+        raise ValueError(
+            f"Vocabulary mismatch: the tokenizer has {tokenizer.vocabulary_size} "
+            f"tokens but the policy was built for {policy.vocab_size}."
+        )
+
+
 def _check_policy(policy, tokenizer):
     for name in ("embedding", "lstm_layers", "head"):
         if not hasattr(policy, name):
             raise ValueError(
-                f"export_generator needs a keras_selffb PolicyNetwork; "
+                f"export_generator needs a keras_selffb PolicyNetwork or CausalLMPolicy; "
                 f"{type(policy).__name__} has no `{name}`."
             )
     if policy.compute_dtype != "float32":
@@ -64,18 +88,7 @@ def _check_policy(policy, tokenizer):
             )
     if _activation_name(policy.head.activation) != "linear":
         raise ValueError("The policy's output layer must return logits (linear activation).")
-    kind = getattr(tokenizer, "kind", None)
-    if kind not in SUPPORTED_TOKENIZERS:
-        raise ValueError(
-            f"Unknown tokenizer type {type(tokenizer).__name__} (kind {kind!r}): "
-            f"export_generator supports keras_selffb CharTokenizer and "
-            f"WordPieceTokenizer ({', '.join(SUPPORTED_TOKENIZERS)})."
-        )
-    if tokenizer.vocabulary_size != policy.vocab_size:
-        raise ValueError(
-            f"Vocabulary mismatch: the tokenizer has {tokenizer.vocabulary_size} "
-            f"tokens but the policy was built for {policy.vocab_size}."
-        )
+    _check_tokenizer(policy, tokenizer)
 
 
 class _GeneratorModule(tf.Module):
@@ -129,24 +142,7 @@ class _GeneratorModule(tf.Module):
             return {"log_likelihood": log_likelihood, "num_tokens": num_tokens}
 
         # Loops and branches are explicit tf.while_loop / tf.cond: no autograph.
-        self.generate = tf.function(
-            generate,
-            autograph=False,
-            input_signature=[
-                tf.TensorSpec([None], tf.string, name="prompts"),
-                tf.TensorSpec([], tf.int32, name="max_new_tokens"),
-                tf.TensorSpec([], tf.float32, name="temperature"),
-                tf.TensorSpec([], tf.int64, name="seed"),
-            ],
-        )
-        self.score = tf.function(
-            score,
-            autograph=False,
-            input_signature=[
-                tf.TensorSpec([None], tf.string, name="prompts"),
-                tf.TensorSpec([None], tf.string, name="replies"),
-            ],
-        )
+        self.generate, self.score = _signature_functions(generate, score, autograph=False)
 
     def _zero_state(self, batch_size):
         return tf.zeros([len(self.lstm_weights), 2, batch_size, self._hidden_dim])
@@ -259,6 +255,138 @@ class _GeneratorModule(tf.Module):
         return total, tf.cast(tf.reduce_sum(mask, axis=1), tf.int32)
 
 
+def _signature_functions(generate, score, autograph):
+    """`generate` and `score` as `tf.function`s with the exported input signatures."""
+    generate = tf.function(
+        generate,
+        autograph=autograph,
+        input_signature=[
+            tf.TensorSpec([None], tf.string, name="prompts"),
+            tf.TensorSpec([], tf.int32, name="max_new_tokens"),
+            tf.TensorSpec([], tf.float32, name="temperature"),
+            tf.TensorSpec([], tf.int64, name="seed"),
+        ],
+    )
+    score = tf.function(
+        score,
+        autograph=autograph,
+        input_signature=[
+            tf.TensorSpec([None], tf.string, name="prompts"),
+            tf.TensorSpec([None], tf.string, name="replies"),
+        ],
+    )
+    return generate, score
+
+
+class _ExportSampler(keras_hub.samplers.Sampler):
+    """The exported sampler: greedy at temperature 0, else a seeded stateless draw.
+
+    Greedy is `GreedySampler`'s rule (the argmax of the softmax of the
+    logits), so temperature 0 gives exactly `keras-selffb generate`'s
+    replies. Above 0 it draws from `softmax(logits / temperature)` with
+    `tf.random.stateless_categorical` seeded by `(seed, column)`: the same
+    seed, prompts and batch give the same replies. `temperature` and `seed`
+    are the signature's input tensors.
+    """
+
+    def __init__(self, temperature, seed):
+        super().__init__()
+        self._temperature_input = temperature
+        self._seed_input = seed
+        self._column = tf.constant(0, tf.int32)
+
+    def __call__(self, next, prompt, cache=None, index=0, **kwargs):
+        def next_with_column(prompt, cache, index):
+            self._column = index  # the column this step fills, for the seed
+            return next(prompt, cache, index)
+
+        return super().__call__(next_with_column, prompt, cache=cache, index=index, **kwargs)
+
+    def compute_probabilities(self, logits):
+        return tf.cast(logits, tf.float32)  # `get_next_token` takes logits
+
+    def get_next_token(self, logits):
+        def greedy():
+            return tf.argmax(tf.nn.softmax(logits), axis=-1, output_type=tf.int32)
+
+        def sample():
+            seed = tf.stack([self._seed_input, tf.cast(self._column, tf.int64)])
+            draw = tf.random.stateless_categorical(
+                logits / self._temperature_input, 1, seed=seed, dtype=tf.int32
+            )
+            return draw[:, 0]
+
+        return tf.cond(self._temperature_input > 0.0, sample, greedy)
+
+
+def _context_length(policy):
+    """The positions a `CausalLMPolicy` can attend over, or None if unknown."""
+    for owner in (policy, getattr(policy, "backbone", None)):
+        length = getattr(owner, "max_sequence_length", None)
+        if isinstance(length, int):
+            return length
+    return None
+
+
+class _CausalLMModule(tf.Module):
+    """The exported object for a `CausalLMPolicy`: its variables, the tokenizer, two signatures.
+
+    The Keras model is not an attribute (it would be saved as a Keras
+    object graph): the traced functions capture its variables, which the
+    module tracks as a plain list. `generate` always decodes the export's
+    `max_new_tokens` columns (stopping once every row has EOS) and cuts the
+    reply to the requested length: greedy decoding, and the seeded draws,
+    of a shorter reply are the first columns of the longer one.
+
+    Args:
+        policy: a `CausalLMPolicy`.
+        tokenizer: its `CharTokenizer` or `WordPieceTokenizer`.
+        prompt_length: int. Prompt columns, BOS and SEP included.
+        max_new_tokens: int. Default and longest reply (EOS included), and
+            the response columns `score` packs replies into.
+    """
+
+    def __init__(self, policy, tokenizer, prompt_length, max_new_tokens):
+        super().__init__(name="keras_selffb_generator")
+        self.tokenizer = tokenizer
+        # Keras variables wrap a tf.Variable (`.value`): the SavedModel keeps those.
+        self.policy_variables = [getattr(v, "value", v) for v in policy.variables]
+        longest = max_new_tokens
+
+        def generate(
+            prompts,
+            max_new_tokens=tf.constant(max_new_tokens, tf.int32),
+            temperature=tf.constant(0.0, tf.float32),
+            seed=tf.constant(0, tf.int64),
+        ):
+            tf.debugging.assert_positive(max_new_tokens, message="max_new_tokens must be >= 1")
+            tf.debugging.assert_less_equal(
+                max_new_tokens, tf.constant(longest, tf.int32),
+                message=f"max_new_tokens must be <= {longest} (the export's --max-new-tokens)",
+            )
+            tf.debugging.assert_non_negative(
+                temperature, message="temperature must be >= 0 (0 is greedy decoding)"
+            )
+            prompt_ids, _ = pack_prompts(self.tokenizer, prompts, prompt_length)
+            reply = generate_ids(policy, prompt_ids, longest, _ExportSampler(temperature, seed))
+            reply = tf.cast(reply, tf.int32)[:, :max_new_tokens]
+            return {"replies": self.tokenizer.detokenize(reply)}
+
+        def score(prompts, replies):
+            tf.debugging.assert_equal(
+                tf.size(prompts), tf.size(replies), message="score needs one reply per prompt"
+            )
+            prompt_ids, _ = pack_prompts(self.tokenizer, prompts, prompt_length)
+            response_ids, _ = pack_responses(self.tokenizer, replies, max_new_tokens)
+            nll, mask, _ = response_token_nll(policy, prompt_ids, response_ids)
+            return {
+                "log_likelihood": -tf.reduce_sum(nll, axis=1),
+                "num_tokens": tf.cast(tf.reduce_sum(mask, axis=1), tf.int32),
+            }
+
+        self.generate, self.score = _signature_functions(generate, score, autograph=True)
+
+
 class OutputPathError(OSError, ValueError):
     """A SavedModel cannot be written where asked; the message is one line.
 
@@ -366,7 +494,8 @@ def export_generator(policy, tokenizer, path, prompt_length, max_new_tokens, ove
     """Writes a SavedModel with `generate` and `score` signatures to `path`.
 
     Args:
-        policy: a `keras_selffb.models.PolicyNetwork` (float32).
+        policy: a `keras_selffb.models.PolicyNetwork` (float32), or a
+            `CausalLMPolicy` (keras-hub GPT-2 / Llama; see docs/serving.md).
         tokenizer: the `CharTokenizer` or `WordPieceTokenizer` the policy was
             trained with.
         path: str or path-like. A new (or empty) directory for the SavedModel.
@@ -400,7 +529,11 @@ def export_generator(policy, tokenizer, path, prompt_length, max_new_tokens, ove
     ...     policy, tokenizer, ["hello", "你好"], prompt_length=8, max_new_tokens=4)
     True
     """
-    _check_policy(policy, tokenizer)
+    causal_lm = isinstance(policy, CausalLMPolicy)
+    if causal_lm:
+        _check_tokenizer(policy, tokenizer)
+    else:
+        _check_policy(policy, tokenizer)
     if prompt_length < 3:
         raise ValueError(f"prompt_length must be >= 3 (BOS, a token, SEP); got {prompt_length}.")
     if max_new_tokens < 2:
@@ -408,8 +541,14 @@ def export_generator(policy, tokenizer, path, prompt_length, max_new_tokens, ove
             f"max_new_tokens must be >= 2 (a token and EOS, as a packed response); "
             f"got {max_new_tokens}."
         )
+    context = _context_length(policy) if causal_lm else None
+    if context is not None and prompt_length + max_new_tokens > context:
+        raise ValueError(
+            f"prompt_length + max_new_tokens ({prompt_length} + {max_new_tokens}) is more than the "
+            f"{context} positions the policy was built for; use max_new_tokens <= {context - prompt_length}."
+        )
     path = _prepare_path(path, overwrite)
-    module = _GeneratorModule(policy, tokenizer, prompt_length, max_new_tokens)
+    module = (_CausalLMModule if causal_lm else _GeneratorModule)(policy, tokenizer, prompt_length, max_new_tokens)
     existed = os.path.isdir(path)
     try:
         os.makedirs(path, exist_ok=True)

@@ -52,7 +52,8 @@ import yaml
 from keras_selffb.config import TrainConfig
 from keras_selffb.data import load_chatterbot, load_pairs, split_pairs
 from keras_selffb.distribute import data_sharding_options, get_strategy, is_chief, read_tf_config
-from keras_selffb.models import PolicyNetwork, ResponseGenerator, frozen_copy
+from keras_selffb.models import CausalLMPolicy, PolicyNetwork, ResponseGenerator, causal_lm_policy, frozen_copy
+from keras_selffb.models.causal_lm_policy import KINDS as CAUSAL_LM_KINDS
 from keras_selffb.text import load_tokenizer, make_dataset, pack_pairs, save_tokenizer, train_tokenizer
 from keras_selffb.evaluation import evaluate_policy
 from keras_selffb.loop import SelfFeedbackLoop
@@ -66,7 +67,10 @@ METRICS_FILE = "metrics.json"
 CHECKPOINT_DIR = "checkpoints"
 RUN_MARKER = ".keras-selffb-run"  # in every run directory: `--fresh` deletes only directories holding it
 # Settings that change nothing a checkpoint holds: a run may resume under new values.
+# (The model settings, `model`, `num_heads`, `lora_rank` and the sizes, are not.)
 _RESUME_FREE = ("name", "output", "num_samples", "sampler")
+# The policies `build_policy` makes (`TrainConfig.model`).
+POLICY_KINDS = ("lstm", *CAUSAL_LM_KINDS)
 
 
 def read_pairs(config):
@@ -107,6 +111,59 @@ def _verbosity(verbose):
     return verbose
 
 
+def build_policy(config, vocab_size):
+    """The run's untrained policy, from `config.model` and its sizes.
+
+    `"lstm"`: the article's `PolicyNetwork` (`embedding_dim`, `hidden_dim`,
+    `num_layers`, `dropout`). `"gpt2"`, `"llama"`: a keras-hub transformer
+    with random weights (`causal_lm_policy`: `hidden_dim` wide, `num_layers`
+    blocks, `num_heads` heads, dropout 0, `prompt_length + response_length`
+    positions), seeded with `config.seed`. LoRA is not enabled here: see
+    `enable_lora`.
+    """
+    if config.model == "lstm":
+        return PolicyNetwork(
+            vocab_size,
+            embedding_dim=config.embedding_dim,
+            hidden_dim=config.hidden_dim,
+            num_layers=config.num_layers,
+            dropout=config.dropout,
+        )
+    return causal_lm_policy(
+        config.model,
+        vocab_size,
+        num_layers=config.num_layers,
+        hidden_dim=config.hidden_dim,
+        num_heads=config.num_heads,
+        max_sequence_length=config.prompt_length + config.response_length,
+        seed=config.seed,
+    )
+
+
+def enable_lora(config, policy):
+    """Switches LoRA on for the stages after MLE when `config.lora_rank > 0`.
+
+    The transformer of a run starts from random weights, so MLE trains all
+    of them (LoRA on a random base would only train a low-rank model); the
+    self-feedback rounds and the contrastive stage then train only the
+    LoRA weights, and the KL reference is the MLE model itself, the same
+    weights with LoRA switched off (`policy.reference()`). Returns `policy`.
+    """
+    if config.lora_rank and not getattr(policy, "lora_rank", None):
+        policy.enable_lora(config.lora_rank)
+    return policy
+
+
+def model_record(config, policy):
+    """`metrics.json`'s `"model"`: kind, parameter counts and LoRA rank."""
+    return {
+        "kind": config.model,
+        "parameters": int(policy.count_params()),
+        "trainable_parameters": int(sum(int(np.prod(w.shape)) for w in policy.trainable_weights)),
+        "lora_rank": config.lora_rank,
+    }
+
+
 def train_mle(config, train_packed, validation_packed, vocab_size, verbose=None, callbacks=()):
     """Builds the policy and fits it by MLE; returns `(policy, trainer, history, seconds)`.
 
@@ -117,13 +174,7 @@ def train_mle(config, train_packed, validation_packed, vocab_size, verbose=None,
     TerminateOnNaN; any of them may stop training.
     """
     run_dir = config.run_dir
-    policy = PolicyNetwork(
-        vocab_size,
-        embedding_dim=config.embedding_dim,
-        hidden_dim=config.hidden_dim,
-        num_layers=config.num_layers,
-        dropout=config.dropout,
-    )
+    policy = build_policy(config, vocab_size)
     trainer = MLETrainer(policy, prompt_length=config.prompt_length)
     trainer.build((None, config.prompt_length + config.response_length))
     # No XLA: measured here, jit_compile=True made the masked-LSTM step
@@ -175,8 +226,13 @@ def make_reward(config, tokenizer, reference_policy):
 
 
 def build_loop(config, policy, tokenizer, train, validation, verbose=None, callbacks=()):
-    """The `SelfFeedbackLoop` of a run, from its config; `callbacks` go to every round's `fit`."""
-    reference = frozen_copy(policy)
+    """The `SelfFeedbackLoop` of a run, from its config; `callbacks` go to every round's `fit`.
+
+    The KL reference (and the `"article"` reward's language model) is the
+    policy as it is now, after MLE: with LoRA on, the same model with LoRA
+    switched off (`policy.reference()`), otherwise a frozen copy.
+    """
+    reference = policy.reference() if config.lora_rank else frozen_copy(policy)
     methods = tuple(m.strip() for m in config.feedback_methods.split(","))
     return SelfFeedbackLoop(
         policy,
@@ -536,6 +592,8 @@ def _run_train(config, verbose, fresh, callbacks=()):
         save_policy(policy, mle_path)
         write_json(os.path.join(run_dir, "mle.json"), report["mle"])  # last: marks the stage done
 
+    enable_lora(config, policy)
+    report["model"] = model_record(config, policy)
     lengths = (config.prompt_length, config.response_length)
     if config.feedback_rounds > 0:
         loop = build_loop(config, policy, tokenizer, train, validation, verbose, callbacks)
@@ -733,9 +791,10 @@ def load_run(run_dir):
         raise ValueError(
             f"{policy_path} could not be loaded ({type(e).__name__}: {flat(e)}); {retrain}."
         ) from None
-    if not hasattr(policy, "vocab_size"):
+    if not isinstance(policy, (PolicyNetwork, CausalLMPolicy)):
         raise ValueError(
-            f"{policy_path} holds a {type(policy).__name__}, not a keras_selffb PolicyNetwork; {retrain}."
+            f"{policy_path} holds a {type(policy).__name__}, not a keras_selffb PolicyNetwork or "
+            f"CausalLMPolicy; {retrain}."
         )
     if policy.vocab_size != tokenizer.vocabulary_size:
         raise ValueError(

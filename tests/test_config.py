@@ -52,6 +52,8 @@ BAD = [
     ({"rl_reward": "meteor"}, "rl_reward", "one of ['rouge_l', 'bleu', 'article']"),
     ({"strategy": "tpu"}, "strategy", "one of ['default', 'mirrored', 'multi_worker']"),
     ({"contrastive_mode": "x"}, "contrastive_mode", "one of ['sequence_likelihood', 'encoder']"),
+    ({"model": "gemma"}, "model", "one of ['lstm', 'gpt2', 'llama']"),
+    ({"model": "GPT2"}, "model", "one of ['lstm', 'gpt2', 'llama']"),
     ({"feedback_monitor": "val_loss"}, "feedback_monitor", "one of ['val_rouge_l'"),
     ({"feedback_methods": "rl,ppo"}, "feedback_methods", "'rl', 'filtered' and/or 'contrastive'"),
     ({"feedback_methods": ""}, "feedback_methods", "'rl', 'filtered' and/or 'contrastive'"),
@@ -72,6 +74,10 @@ BAD = [
     ({"feedback_rounds": -1}, "feedback_rounds", ">= 0"),
     ({"rl_steps": -1, "feedback_rounds": 0}, "rl_steps", ">= 0"),
     ({"contrastive_epochs": -1}, "contrastive_epochs", ">= 0"),
+    ({"num_heads": 0}, "num_heads", ">= 1"),
+    ({"num_heads": 2.0}, "num_heads", "must be an integer"),
+    ({"lora_rank": -1}, "lora_rank", ">= 0"),
+    ({"lora_rank": True}, "lora_rank", "must be an integer"),
     ({"seed": -1}, "seed", "in [0, 2**32 - 1]"),
     ({"seed": 2**32}, "seed", "in [0, 2**32 - 1]"),
     ({"vocabulary_size": 5}, "vocabulary_size", "null or > 5"),
@@ -98,6 +104,9 @@ BAD = [
     ({"feedback_monitor": "val_bleu", "feedback_target": 101.0}, "feedback_target", "in [0.0, 100.0]"),
     ({"feedback_monitor": "val_perplexity", "feedback_target": 0.5}, "feedback_target", "in [1.0, inf]"),
     # combinations the rounds would fail on
+    ({"model": "gpt2", "hidden_dim": 30, "num_heads": 4}, "num_heads", "must divide hidden_dim (30)"),
+    ({"model": "llama", "hidden_dim": 64, "num_heads": 5}, "num_heads", "must divide hidden_dim (64)"),
+    ({"lora_rank": 2}, "lora_rank", "must be 0 for model 'lstm'"),
     ({"rl_steps": 0}, "rl_steps", ">= 1 for the 'rl'/'contrastive' methods"),
     ({"rl_steps": 0, "feedback_methods": "contrastive"}, "rl_steps", ">= 1 for the 'rl'/'contrastive'"),
     ({"rl_baseline": "self_critical"}, "rl_include_greedy", "needs rl_samples >= 2"),
@@ -153,6 +162,9 @@ def test_every_field_has_a_refused_case():
         {"rl_steps": 0, "feedback_methods": "filtered"},
         {"rl_steps": 0, "feedback_rounds": 0},
         {"feedback_methods": " rl , filtered ,contrastive"},
+        {"model": "gpt2", "hidden_dim": 64, "num_heads": 8, "lora_rank": 4},
+        {"model": "llama", "hidden_dim": 32, "num_heads": 2},
+        {"hidden_dim": 30, "num_heads": 4},  # the LSTM has no heads
     ],
     ids=lambda o: _case_id((o,)) or "defaults",
 )
@@ -224,6 +236,9 @@ def test_allowed_names_match_the_code_that_uses_them():
     assert set(config_module.METHODS) == set(loop.METHODS)
     assert set(config_module.STRATEGIES) == set(distribute.STRATEGIES)
     assert set(config_module._CHOICES["contrastive_mode"]) == set(MODES)
+    from keras_selffb.pipeline import POLICY_KINDS
+
+    assert set(config_module.MODELS) == set(POLICY_KINDS)
     assert config_module.NUM_RESERVED_TOKENS == NUM_RESERVED
 
 

@@ -12,10 +12,11 @@ def resolve_policy(model, owner):
         owner: str. The callback named in the error message.
     """
     policy = getattr(model, "policy", model)
-    if not (hasattr(policy, "call_with_cache") and hasattr(policy, "vocab_size")):
+    generates = hasattr(policy, "call_with_cache") or hasattr(policy, "generate_ids")  # CausalLMPolicy
+    if not (generates and hasattr(policy, "vocab_size")):
         raise TypeError(
             f"{owner} needs a trainer with a `.policy` (MLETrainer, ReinforceTrainer, "
-            f"ContrastiveTrainer) or a PolicyNetwork; got {type(model).__name__}."
+            f"ContrastiveTrainer), a PolicyNetwork or a CausalLMPolicy; got {type(model).__name__}."
         )
     return policy
 

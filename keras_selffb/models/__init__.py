@@ -1,4 +1,6 @@
-"""Models: the `PolicyNetwork` language model, the `LLMEncoder`, generation."""
+"""Models: the `PolicyNetwork` language model, keras-hub `CausalLMPolicy`, the `LLMEncoder`, generation."""
+
+from keras_selffb.models.causal_lm_policy import CausalLMPolicy, LoRAReference, causal_lm_policy
 
 from keras_selffb.models.generation import (
     SAMPLERS,

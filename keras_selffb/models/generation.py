@@ -171,7 +171,9 @@ def generate_ids(policy, prompt_ids, max_new_tokens, sampler, stop_at_eos=True):
     """Generates response ids for left-padded prompt ids; graph-friendly.
 
     Args:
-        policy: a `PolicyNetwork`.
+        policy: a `PolicyNetwork`, or a policy with its own
+            `generate_ids(prompt_ids, max_new_tokens, sampler, stop_at_eos)`
+            (a `CausalLMPolicy`), which is then used.
         prompt_ids: int32 `(B, P)`, left-padded `[BOS] ... [SEP]` rows.
         max_new_tokens: int. Response columns `N` generated.
         sampler: a keras-hub sampler.
@@ -181,6 +183,8 @@ def generate_ids(policy, prompt_ids, max_new_tokens, sampler, stop_at_eos=True):
     Returns:
         int32 `(B, N)`: the response, EOS included, PAD after it.
     """
+    if hasattr(policy, "generate_ids"):
+        return policy.generate_ids(prompt_ids, max_new_tokens, sampler, stop_at_eos=stop_at_eos)
     check_sampler_vocabulary(sampler, policy.vocab_size)
     prompt_ids = ops.cast(prompt_ids, "int32")
     prompt_length = prompt_ids.shape[1]
