@@ -143,7 +143,8 @@ _FLAGS = {"feedback_rounds": "--rounds", "feedback_methods": "--methods", "feedb
 
 def _train(args):
     from keras_selffb.config import TrainConfig
-    from keras_selffb.pipeline import CONFIG_FILE, run_train
+    from keras_selffb.pipeline import run_train
+    from keras_selffb.run_directory import CONFIG_FILE
 
     overrides = {
         key: value
@@ -289,7 +290,7 @@ def printable(text):
 
 def _generate(args):
     from keras_selffb.models import ResponseGenerator, get_sampler
-    from keras_selffb.pipeline import load_run
+    from keras_selffb.run_directory import load_run
 
     # The arguments are checked before the (slower) model loading.
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
@@ -325,7 +326,7 @@ def _generate(args):
 
 def _export(args):
     from keras_selffb.export import check_output_path, export_generator
-    from keras_selffb.pipeline import load_run
+    from keras_selffb.run_directory import load_run
 
     # The arguments and the output location are checked before the (slower)
     # model loading and export.
@@ -358,7 +359,7 @@ def _os_error(error, args):
     run_dir = getattr(args, "run_dir", None)
     if args.command != "train" or not run_dir:
         return text
-    from keras_selffb.pipeline import RUN_MARKER
+    from keras_selffb.run_directory import RUN_MARKER
 
     data = getattr(args, "data", None)
     about_data = data and error.filename is not None and os.path.realpath(error.filename) == os.path.realpath(data)

@@ -157,7 +157,7 @@ def test_get_sampler_refuses_bad_arguments(name, kwargs, message):
 
 
 def test_sampler_checks_in_response_generator(run_dir):
-    from keras_selffb.pipeline import load_run
+    from keras_selffb.run_directory import load_run
 
     policy, tokenizer, _ = load_run(run_dir)
     vocab = tokenizer.vocabulary_size

@@ -23,7 +23,7 @@ import yaml
 from conftest import CLI_PAIRS
 from keras_selffb.cli import main, printable
 from keras_selffb.models import response_token_nll
-from keras_selffb.pipeline import load_run
+from keras_selffb.run_directory import load_run
 from keras_selffb.text import pack_prompts, pack_responses
 
 # Tiny transformers: 2 blocks of width 16 with 2 heads (a few thousand weights).

@@ -20,10 +20,10 @@ import pytest
 import yaml
 
 from conftest import CLI_PAIRS
-from keras_selffb import cli, pipeline
+from keras_selffb import cli, pipeline, run_directory
 from keras_selffb.cli import main
 from keras_selffb.config import TrainConfig
-from keras_selffb.pipeline import RUN_MARKER, check_resumable
+from keras_selffb.run_directory import RUN_MARKER, check_resumable
 
 TINY = {"embedding_dim": 8, "hidden_dim": 16, "batch_size": 8, "learning_rate": 0.01,
         "prompt_length": 24, "response_length": 16, "num_samples": 1, "epochs": 1,
@@ -237,7 +237,7 @@ def test_read_only_file_system_is_one_line(run_copy, capsys, monkeypatch):
     def read_only(path, text):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
 
-    monkeypatch.setattr(pipeline, "_write_text", read_only)
+    monkeypatch.setattr(run_directory, "_write_text", read_only)
     new = run_copy / "new"
     assert main(train_argv(new)) == 2
     line = one_error_line(capsys)

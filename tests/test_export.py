@@ -230,7 +230,7 @@ def test_serving_imports_nothing_but_tensorflow(served):
 
 
 def test_score_equals_teacher_forced_log_likelihood(run_dir, served):
-    from keras_selffb.pipeline import load_run
+    from keras_selffb.run_directory import load_run
 
     policy, tokenizer, _ = load_run(str(run_dir))
     prompt_ids, _ = pack_prompts(tokenizer, PROMPTS, PROMPT_LENGTH)

@@ -128,7 +128,7 @@ def test_changed_settings_are_refused_not_mixed(setup, tmp_path):
     assert code == 2
     # --resume takes the saved settings instead; --fresh starts over.
     from keras_selffb.config import TrainConfig
-    from keras_selffb.pipeline import check_resumable
+    from keras_selffb.run_directory import check_resumable
 
     check_resumable(TrainConfig.from_yaml(output / "config.yaml", output=str(output)))
     check_resumable(TrainConfig.from_dict({**CONFIG, "output": str(output), "epochs": 9}), fresh=True)
