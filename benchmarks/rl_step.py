@@ -4,9 +4,12 @@ Times the three parts of a step separately (each its own compiled
 function, on the same batch): sampling K candidates, scoring them, and the
 update (teacher-forced re-scoring, loss, gradients, Adam), with the
 in-graph `RougeLReward` and with the same ROUGE-L computed by rouge-score
-through `PythonReward` (host round-trip). Prints a table and writes a PNG.
+through `PythonReward` (host round-trip). With `--models lstm,gpt2,llama`
+the same step is timed for each policy (the article's LSTM and keras-hub
+GPT-2 / Llama of a similar parameter count, through `CausalLMPolicy`).
+Prints a table and writes a PNG.
 
-    python benchmarks/rl_step.py [--batch 16] [--samples 4] [--repeats 5]
+    python benchmarks/rl_step.py [--batch 16] [--samples 4] [--repeats 5] [--models lstm,gpt2,llama]
 
 Not part of the test suite.
 """
@@ -23,7 +26,7 @@ import tensorflow as tf  # noqa: E402
 from rouge_score import rouge_scorer  # noqa: E402
 
 from keras_selffb.data import load_chatterbot, split_pairs  # noqa: E402
-from keras_selffb.models import PolicyNetwork  # noqa: E402
+from keras_selffb.models import PolicyNetwork, causal_lm_policy  # noqa: E402
 from keras_selffb.rewards import PythonReward, RougeLReward  # noqa: E402
 from keras_selffb.text import CharTokenizer, pack_pairs  # noqa: E402
 from keras_selffb.training import ReinforceTrainer  # noqa: E402
@@ -83,6 +86,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--prompt-length", type=int, default=48)
     parser.add_argument("--response-length", type=int, default=80)
+    parser.add_argument("--models", default="lstm",
+                        help="comma-separated policies to time: lstm (64/256), gpt2, llama (2 blocks, width 128)")
     parser.add_argument("--plot", default="runs/rl_step_benchmark.png")
     args = parser.parse_args()
     keras.utils.set_random_seed(0)
@@ -91,25 +96,34 @@ def main():
     tokenizer = CharTokenizer.train([t for pair in train for t in pair])
     batch = tf.constant(pack_pairs(tokenizer, train[: args.batch], args.prompt_length,
                                    args.response_length, warn=False))
-    policy = PolicyNetwork(tokenizer.vocabulary_size, 64, 256)
+
+    def build(kind):
+        if kind == "lstm":
+            return PolicyNetwork(tokenizer.vocabulary_size, 64, 256)
+        return causal_lm_policy(kind, tokenizer.vocabulary_size, num_layers=2, hidden_dim=128, num_heads=4,
+                                max_sequence_length=args.prompt_length + args.response_length, seed=0)
 
     rows = []
-    for label, reward in [
-        ("in-graph RougeLReward", RougeLReward(tokenizer, tokenize="rouge")),
-        ("PythonReward(rouge-score)", PythonReward(rouge_score_reward(), tokenizer, name="rouge_l")),
-    ]:
-        times, tokens = measure(reward, policy, batch, args)
-        total = sum(times.values())
-        rows.append((label, times, total, tokens / total))
+    for i, kind in enumerate(args.models.split(",")):
+        policy = build(kind)
+        policy(batch[:1])
+        size = sum(int(np.prod(w.shape)) for w in policy.weights)
+        rewards = [("in-graph RougeLReward", RougeLReward(tokenizer, tokenize="rouge"))]
+        if i == 0:  # the host round-trip comparison, once
+            rewards.append(("PythonReward(rouge-score)", PythonReward(rouge_score_reward(), tokenizer, name="rouge_l")))
+        for label, reward in rewards:
+            times, tokens = measure(reward, policy, batch, args)
+            total = sum(times.values())
+            rows.append((f"{kind} ({size / 1e3:.0f}k), {label}", times, total, tokens / total))
 
     print(f"\nOne RL step: {args.batch} prompts x K={args.samples} candidates, "
           f"up to {args.response_length} tokens each, CPU, best of {args.repeats}")
-    header = f"{'reward':<28}{'tokens/s':>10}{'step s':>9}{'sampling':>10}{'scoring':>10}{'update':>10}"
+    header = f"{'policy (parameters), reward':<46}{'tokens/s':>10}{'step s':>9}{'sampling':>10}{'scoring':>10}{'update':>10}"
     print(header)
     print("-" * len(header))
     for label, times, total, speed in rows:
         shares = "".join(f"{100 * times[k] / total:>9.1f}%" for k in ("sampling", "scoring", "update"))
-        print(f"{label:<28}{speed:>10.0f}{total:>9.3f}{shares}")
+        print(f"{label:<46}{speed:>10.0f}{total:>9.3f}{shares}")
     ours, theirs = rows[0][1]["scoring"], rows[1][1]["scoring"]
     print(f"\nscoring time, rouge-score via PythonReward / in-graph: {theirs / ours:.2f}x")
 
@@ -118,7 +132,7 @@ def main():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 3))
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.5 * len(rows)))
     left = np.zeros(len(rows))
     for part in ("sampling", "scoring", "update"):
         values = np.array([r[1][part] for r in rows])
