@@ -377,3 +377,24 @@ def test_mle_that_diverges_from_the_first_batch_is_one_clear_error(tmp_path):
     config = pipeline_config(tmp_path, "diverged")
     with pytest.raises(ValueError, match=r"MLE diverged: .*NaN or inf after epoch 1 .*lower learning_rate"):
         run_train(config, verbose=0, callbacks=[PoisonAtBatch(epoch=0, batch=0)])
+
+
+def test_reduce_lr_on_plateau_keeps_its_counters_across_a_restart(tmp_path):
+    def plateau():  # no epoch after the first improves: the rate halves every 2nd epoch
+        return keras.callbacks.ReduceLROnPlateau(monitor="loss", mode="max", patience=2, min_delta=1e9,
+                                                 factor=0.5, verbose=0)
+
+    full = mle_trainer()
+    fit_resumable(full, epoch_data, 5, str(tmp_path / "full"), callbacks=[plateau()], verbose=0)
+    # Epoch 0 sets the best; epochs 1-2 wait, the rate halves at 2; 3-4 wait, it halves at 4.
+    assert float(full.optimizer.learning_rate.numpy()) == pytest.approx(0.01 / 4)
+
+    with pytest.raises(KeyboardInterrupt):
+        fit_resumable(mle_trainer(), epoch_data, 5, str(tmp_path / "cut"), callbacks=[plateau(), CrashAtEpoch(2)],
+                      verbose=0)
+    resumed = mle_trainer()
+    fit_resumable(resumed, epoch_data, 5, str(tmp_path / "cut"), callbacks=[plateau()], verbose=0)
+    # A fresh counter after the restart would have halved the rate only once (at epoch 4).
+    assert float(resumed.optimizer.learning_rate.numpy()) == pytest.approx(0.01 / 4)
+    for a, b in zip(weights(resumed), weights(full)):
+        np.testing.assert_array_equal(a, b)
