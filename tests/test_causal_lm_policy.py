@@ -21,6 +21,8 @@ from keras_selffb.text import EOS_ID, PAD_ID, RESERVED_TOKENS, CharTokenizer, ma
 from keras_selffb.training import ContrastiveTrainer, MLETrainer, ReinforceTrainer
 
 from conftest import cpu_devices, mirrored_strategy
+from test_distributed import BATCH, CountReward  # the LSTM's two-replica test, same batch and reward
+from test_reinforce import FixedReward
 
 KINDS = ["gpt2", "llama"]
 LETTERS = "abcdefghijklmnopqrs"
@@ -52,25 +54,6 @@ def right_padded(prompts, width):
 
 def log_softmax(x):
     return x - np.logaddexp.reduce(x, axis=-1, keepdims=True)
-
-
-class FixedReward(Reward):
-    default_name = "fixed"
-
-    def __init__(self, values, name=None):
-        super().__init__(name)
-        self.values = tf.constant(values, tf.float32)
-
-    def call(self, prompts, candidates, references):
-        return self.values
-
-
-class CountReward(Reward):
-    default_name = "count"
-
-    def call(self, prompts, candidates, references):
-        hits = tf.equal(candidates, 7) | tf.equal(candidates, 9)
-        return tf.reduce_sum(tf.cast(hits, tf.float32), axis=1) + tf.cast(candidates[:, 0], tf.float32) / 10
 
 
 class RougeIdsReward(Reward):
@@ -199,17 +182,6 @@ def test_reinforce_gradient_equals_analytic_gradient_on_gpt2():
     expected = np.einsum("itv,vh->h", d_logits, embeddings)
     np.testing.assert_allclose(grad_beta, expected, atol=1e-5)
     assert float(loss) == pytest.approx(logp_total, rel=1e-5)
-
-
-BATCH = np.array(
-    [
-        [0, 1, 5, 4, 6, 7, 8, 2],
-        [1, 5, 6, 4, 9, 2, 0, 0],
-        [0, 0, 1, 4, 10, 11, 5, 2],
-        [0, 1, 7, 4, 2, 0, 0, 0],
-    ],
-    dtype="int32",
-)
 
 
 def _one_rl_step(strategy, lora):
