@@ -20,7 +20,8 @@ import keras
 
 from keras_selffb.data.arithmetic import arithmetic_pairs, pass_reward, split_targets
 from keras_selffb.loop import SelfFeedbackLoop
-from keras_selffb.models import PolicyNetwork, generate
+from keras_selffb.generator import generate
+from keras_selffb.models import PolicyNetwork
 from keras_selffb.plots import plot_rounds
 from keras_selffb.rewards import PythonReward
 from keras_selffb.text import CharTokenizer, make_dataset, pack_pairs

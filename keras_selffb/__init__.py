@@ -7,7 +7,7 @@ policy gradient or a contrastive margin loss, all through `model.fit`.
 
 __version__ = "0.1.0"
 
-__all__ = ["SelfFeedbackLoop"]
+__all__ = ["ResponseGenerator", "SelfFeedbackLoop"]
 
 
 def __getattr__(name):
@@ -16,4 +16,8 @@ def __getattr__(name):
         from keras_selffb.loop import SelfFeedbackLoop
 
         return SelfFeedbackLoop
+    if name == "ResponseGenerator":
+        from keras_selffb.generator import ResponseGenerator
+
+        return ResponseGenerator
     raise AttributeError(f"module 'keras_selffb' has no attribute {name!r}")

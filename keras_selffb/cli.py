@@ -289,7 +289,8 @@ def printable(text):
 
 
 def _generate(args):
-    from keras_selffb.models import ResponseGenerator, get_sampler
+    from keras_selffb.generator import ResponseGenerator
+    from keras_selffb.models import get_sampler
     from keras_selffb.run_directory import load_run
 
     # The arguments are checked before the (slower) model loading.

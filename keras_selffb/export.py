@@ -38,6 +38,7 @@ import keras_hub
 import numpy as np
 import tensorflow as tf
 
+from keras_selffb.generator import ResponseGenerator, as_generator
 from keras_selffb.models.causal_lm_policy import CausalLMPolicy
 from keras_selffb.models.generation import generate_ids, special_token_bias
 from keras_selffb.models.scoring import response_token_nll
@@ -490,12 +491,16 @@ def _remove_partial(path, existed):
                 pass
 
 
-def export_generator(policy, tokenizer, path, prompt_length, max_new_tokens, overwrite=False):
+def export_generator(policy, tokenizer=None, path=None, prompt_length=None, max_new_tokens=None, overwrite=False):
     """Writes a SavedModel with `generate` and `score` signatures to `path`.
+
+    With a `ResponseGenerator`: `export_generator(generator, path)`; it
+    brings the policy, the tokenizer and both lengths.
 
     Args:
         policy: a `keras_selffb.models.PolicyNetwork` (float32), or a
-            `CausalLMPolicy` (keras-hub GPT-2 / Llama; see docs/serving.md).
+            `CausalLMPolicy` (keras-hub GPT-2 / Llama; see docs/serving.md),
+            or a `ResponseGenerator`.
         tokenizer: the `CharTokenizer` or `WordPieceTokenizer` the policy was
             trained with.
         path: str or path-like. A new (or empty) directory for the SavedModel.
@@ -516,7 +521,8 @@ def export_generator(policy, tokenizer, path, prompt_length, max_new_tokens, ove
     Example:
 
     >>> import tempfile
-    >>> from keras_selffb.models import PolicyNetwork, generate
+    >>> from keras_selffb.generator import generate
+    >>> from keras_selffb.models import PolicyNetwork
     >>> from keras_selffb.text import CharTokenizer
     >>> tokenizer = CharTokenizer.train(["hello", "你好"])
     >>> policy = PolicyNetwork(tokenizer.vocabulary_size, embedding_dim=8, hidden_dim=8)
@@ -529,6 +535,16 @@ def export_generator(policy, tokenizer, path, prompt_length, max_new_tokens, ove
     ...     policy, tokenizer, ["hello", "你好"], prompt_length=8, max_new_tokens=4)
     True
     """
+    if isinstance(policy, ResponseGenerator):
+        if path is None and isinstance(tokenizer, (str, os.PathLike)):
+            tokenizer, path = None, tokenizer  # export_generator(generator, path)
+        generator = as_generator(policy, tokenizer, prompt_length, max_new_tokens, owner="export_generator")
+        policy, tokenizer = generator.policy, generator.tokenizer
+        prompt_length, max_new_tokens = generator.prompt_length, generator.max_new_tokens
+    missing = [n for n, v in (("tokenizer", tokenizer), ("path", path), ("prompt_length", prompt_length),
+                              ("max_new_tokens", max_new_tokens)) if v is None]
+    if missing:
+        raise TypeError(f"export_generator needs {', '.join(missing)} (or a ResponseGenerator and a path).")
     causal_lm = isinstance(policy, CausalLMPolicy)
     if causal_lm:
         _check_tokenizer(policy, tokenizer)

@@ -41,11 +41,11 @@ import numpy as np
 import tensorflow as tf
 
 from keras_selffb.callbacks import RewardHistograms, TextSamples
-from keras_selffb.evaluation import reference_perplexity, score_replies
-from keras_selffb.models.generation import generate_ids, get_sampler, reseed_sampler
+from keras_selffb.generator import ResponseGenerator, as_generator, fixed_batches
+from keras_selffb.models.generation import get_sampler, reseed_sampler
 from keras_selffb.models.policy_network import frozen_copy
 from keras_selffb.text.packing import pack_pairs
-from keras_selffb.text.tokenizer import NUM_RESERVED, detokenize_texts
+from keras_selffb.text.tokenizer import NUM_RESERVED
 from keras_selffb.training.checkpoint import (
     carry_trainer_state,
     epoch_order,
@@ -134,8 +134,13 @@ def filter_candidates(rewards, threshold, weighting="reward"):
 class SelfFeedbackLoop:
     """Rounds of generate -> score -> adjust -> evaluate, resumable.
 
+    With a `ResponseGenerator`, the first arguments are
+    `SelfFeedbackLoop(generator, reward, train_pairs, validation_pairs, ...)`:
+    the generator brings the policy, its tokenizer and the two lengths.
+
     Args:
-        policy: a `PolicyNetwork` (e.g. after MLE); trained in place.
+        policy: a `PolicyNetwork` or `CausalLMPolicy` (e.g. after MLE),
+            trained in place; or a `ResponseGenerator` (see above).
         tokenizer: its tokenizer.
         reward: a `keras_selffb.rewards.Reward`, used to score candidates,
             to train (`"rl"`, `"contrastive"`) and to evaluate.
@@ -212,12 +217,12 @@ class SelfFeedbackLoop:
     def __init__(
         self,
         policy,
-        tokenizer,
-        reward,
-        train_pairs,
-        validation_pairs,
-        prompt_length,
-        max_new_tokens,
+        tokenizer=None,
+        reward=None,
+        train_pairs=None,
+        validation_pairs=None,
+        prompt_length=None,
+        max_new_tokens=None,
         methods="filtered",
         rounds=3,
         num_samples=4,
@@ -248,6 +253,21 @@ class SelfFeedbackLoop:
         score_batch_size=64,
         verbose="auto",
     ):
+        if isinstance(policy, ResponseGenerator) and tokenizer is not None and not hasattr(tokenizer, "vocabulary_size"):
+            # SelfFeedbackLoop(generator, reward, train_pairs, validation_pairs, ...)
+            if validation_pairs is not None or prompt_length is not None or max_new_tokens is not None:
+                raise TypeError(
+                    "SelfFeedbackLoop(generator, reward, train_pairs, validation_pairs, ...): with a "
+                    "ResponseGenerator, pass no tokenizer or lengths (the generator has them)."
+                )
+            tokenizer, reward, train_pairs, validation_pairs = None, tokenizer, reward, train_pairs
+        generator = as_generator(
+            policy, tokenizer, prompt_length, max_new_tokens, owner="SelfFeedbackLoop", batch_size=score_batch_size
+        )
+        policy, tokenizer = generator.policy, generator.tokenizer
+        prompt_length, max_new_tokens = generator.prompt_length, generator.max_new_tokens
+        if reward is None:
+            raise TypeError("SelfFeedbackLoop needs a reward (a keras_selffb.rewards.Reward).")
         methods = (methods,) if isinstance(methods, str) else tuple(methods)
         unknown = [m for m in methods if m not in METHODS]
         if not methods or unknown:
@@ -262,11 +282,7 @@ class SelfFeedbackLoop:
             raise ValueError(f"mode must be 'max' or 'min'; got {mode!r}.")
         if not threshold_quantiles or not all(0.0 <= q <= 1.0 for q in threshold_quantiles):
             raise ValueError(f"threshold_quantiles must be in [0, 1]; got {threshold_quantiles}.")
-        if tokenizer.vocabulary_size != policy.vocab_size:
-            raise ValueError(
-                f"Vocabulary mismatch: the tokenizer has {tokenizer.vocabulary_size} tokens "
-                f"but the policy was built for {policy.vocab_size}."
-            )
+        self.generator = generator
         self.policy = policy
         self.tokenizer = tokenizer
         self.reward = reward
@@ -313,41 +329,25 @@ class SelfFeedbackLoop:
         self.history = []
         self._sampler = get_sampler("random", temperature=temperature, seed=seed)
         self._greedy = get_sampler("greedy")
-        self._generate = tf.function(self._generate_fn)
         self._score = tf.function(self._score_fn)
         self._reference = None
 
     # -- (a) generate and (b) score ---------------------------------------
 
-    def _generate_fn(self, prompt_ids, greedy):
-        sampler = self._greedy if greedy else self._sampler
-        return generate_ids(self.policy, prompt_ids, self.max_new_tokens, sampler)
-
     def _score_fn(self, prompts, candidates, references):
         return self.reward(prompts, candidates, references)
 
-    def _batches(self, rows):
-        size = self.score_batch_size
-        for start in range(0, len(rows), size):
-            chunk = rows[start : start + size]
-            pad = size - len(chunk)
-            if pad:  # fixed shapes: one trace per function
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-            yield start // size, chunk, len(chunk) - pad
-
     def generate(self, packed, num_samples=1, greedy=True, seed=None):
-        """Candidates for packed rows: int32 `[N * num_samples, max_new_tokens]`.
+        """Candidates for packed rows: `(candidates, rows)`.
 
-        Rows are prompt-major (`num_samples` in a row per prompt).
+        `candidates`: int32 `[N * num_samples, max_new_tokens]`, greedy or
+        sampled at the loop's temperature (`seed` resets the sampler);
+        `rows`: the packed rows repeated to match, prompt-major
+        (`num_samples` in a row per prompt).
         """
-        if seed is not None:
-            reseed_sampler(self._sampler, seed)
         rows = np.repeat(np.asarray(packed, np.int32), num_samples, axis=0)
-        out = []
-        for _, chunk, real in self._batches(rows):
-            ids = self._generate(tf.constant(chunk[:, : self.prompt_length]), greedy)
-            out.append(ids.numpy()[:real])
-        return np.concatenate(out), rows
+        sampler = self._greedy if greedy else self._sampler
+        return self.generator.generate_rows(rows, sampler=sampler, seed=seed), rows
 
     def score(self, rows, candidates, round_index=None):
         """The reward of each candidate for its packed row: float `[N]`.
@@ -360,8 +360,8 @@ class SelfFeedbackLoop:
         where = "evaluation" if round_index is None else f"round {round_index}"
         values = []
         size = self.score_batch_size
-        for batch, chunk, real in self._batches(np.concatenate([rows, candidates], axis=1)):
-            packed, cands = chunk[:, : rows.shape[1]], chunk[:, rows.shape[1]:]
+        for start, (packed, cands), real in fixed_batches([rows, candidates], size):
+            batch = start // size
             try:
                 value = self._score(
                     tf.constant(packed[:, : self.prompt_length]),
@@ -384,20 +384,20 @@ class SelfFeedbackLoop:
     def evaluate(self):
         """Greedy replies on the validation pairs: `val_reward` (+ text metrics).
 
-        The replies are generated once and both scored by the reward and,
-        detokenized, by ROUGE-L and BLEU (`score_replies`), so the figures
-        are those of `evaluate_policy` without generating twice.
+        With `text_metrics`, the replies come from the generator's
+        `evaluate` (ROUGE-L, BLEU, perplexity: the package's one evaluation
+        path) and the same replies are scored by the reward, so nothing is
+        generated twice.
         """
-        candidates, rows = self.generate(self.validation_packed, 1, greedy=True)
-        metrics = {"val_reward": float(np.mean(self.score(rows, candidates)))}
         if self.text_metrics:
-            replies = detokenize_texts(self.tokenizer, candidates)
-            scores = score_replies([r for _, r in self.validation_pairs], replies)
-            metrics.update({f"val_{k}": v for k, v in scores.items()})
-            metrics["val_perplexity"] = reference_perplexity(
-                self.policy, self.validation_packed, self.prompt_length, self.score_batch_size
-            )
-        return metrics
+            results = self.generator.evaluate(self.validation_pairs, sampler=self._greedy)
+            candidates = results.pop("reply_ids")
+            results.pop("replies")
+            metrics = {"val_reward": float(np.mean(self.score(self.validation_packed, candidates)))}
+            metrics.update({f"val_{k}": v for k, v in results.items()})
+            return metrics
+        candidates, rows = self.generate(self.validation_packed, 1, greedy=True)
+        return {"val_reward": float(np.mean(self.score(rows, candidates)))}
 
     # -- (c) adjust -------------------------------------------------------
 

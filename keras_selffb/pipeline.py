@@ -47,7 +47,8 @@ import tensorflow as tf
 from keras_selffb.config import TrainConfig
 from keras_selffb.data import load_chatterbot, load_pairs, split_pairs
 from keras_selffb.distribute import data_sharding_options, get_strategy, is_chief, read_tf_config
-from keras_selffb.models import PolicyNetwork, ResponseGenerator, causal_lm_policy, frozen_copy
+from keras_selffb.generator import ResponseGenerator
+from keras_selffb.models import PolicyNetwork, causal_lm_policy, frozen_copy
 from keras_selffb.models.causal_lm_policy import KINDS as CAUSAL_LM_KINDS
 from keras_selffb.text import make_dataset, pack_pairs, save_tokenizer, train_tokenizer
 from keras_selffb.evaluation import evaluate_policy
@@ -423,6 +424,6 @@ def _round_scores(metrics):
 
 
 def _scores(result):
-    return {k: round(v, 4) for k, v in result.items() if k != "replies"}
+    return {k: round(v, 4) for k, v in result.items() if k not in ("replies", "reply_ids")}
 
 

@@ -199,7 +199,7 @@ def test_generation_metrics_under_mirrored_strategy_equal_one_device(run):
     callback.set_model(policy)
     assert callback.evaluate() == pytest.approx(run.metrics.results, rel=1e-6)
     assert callback.replies == run.metrics.replies
-    assert callback._replicas == 2  # it really ran through strategy.run
+    assert callback._generator.replicas == 2  # it really ran through strategy.run
 
 
 # -- TextSamples ---------------------------------------------------------------

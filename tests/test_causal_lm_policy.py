@@ -7,9 +7,9 @@ import pytest
 import tensorflow as tf
 
 from keras_selffb.metrics import rouge_l_ids
+from keras_selffb.generator import ResponseGenerator
 from keras_selffb.models import (
     CausalLMPolicy,
-    ResponseGenerator,
     causal_lm_policy,
     frozen_copy,
     response_token_nll,

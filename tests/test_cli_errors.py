@@ -25,7 +25,8 @@ from conftest import CLI_PAIRS
 from keras_selffb import export as export_module
 from keras_selffb.cli import format_report, main, printable
 from keras_selffb.config import TrainConfig
-from keras_selffb.models import PolicyNetwork, ResponseGenerator, get_sampler
+from keras_selffb.generator import ResponseGenerator
+from keras_selffb.models import PolicyNetwork, get_sampler
 from keras_selffb.text import EOS_ID, CharTokenizer, save_tokenizer
 
 PROMPT_LENGTH, RESPONSE_LENGTH = 12, 4

@@ -25,7 +25,8 @@ from tensorflow.core.protobuf import saved_model_pb2
 from keras_selffb.cli import main
 from keras_selffb.config import TrainConfig
 from keras_selffb.export import _GeneratorModule, export_generator
-from keras_selffb.models import PolicyNetwork, ResponseGenerator, response_token_nll
+from keras_selffb.generator import ResponseGenerator
+from keras_selffb.models import PolicyNetwork, response_token_nll
 from keras_selffb.text import (
     EOS_ID,
     RESERVED_TOKENS,

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from keras_selffb.generator import ResponseGenerator
 from keras_selffb.models import (
     PolicyNetwork,
-    ResponseGenerator,
     generate_ids,
     get_sampler,
     truncate_after_eos,

@@ -4,7 +4,8 @@ import keras
 import numpy as np
 import pytest
 
-from keras_selffb.models import PolicyNetwork, ResponseGenerator
+from keras_selffb.generator import ResponseGenerator
+from keras_selffb.models import PolicyNetwork
 from keras_selffb.text import RESERVED_TOKENS, CharTokenizer, make_dataset, pack_pairs
 from keras_selffb.training import MLETrainer, unigram_perplexity, weighted_rows
 

@@ -6,7 +6,8 @@ import pytest
 import tensorflow as tf
 
 from keras_selffb.metrics import rouge_l_ids
-from keras_selffb.models import PolicyNetwork, ResponseGenerator
+from keras_selffb.generator import ResponseGenerator
+from keras_selffb.models import PolicyNetwork
 from keras_selffb.models.generation import generate_ids, get_sampler
 from keras_selffb.rewards.base import Reward
 from keras_selffb.text import EOS_ID, PAD_ID, RESERVED_TOKENS, CharTokenizer, make_dataset, pack_pairs

@@ -15,7 +15,7 @@ import keras
 import tensorflow as tf
 
 from keras_selffb.callbacks._common import SummaryWriter, resolve_policy
-from keras_selffb.models.generation import ResponseGenerator
+from keras_selffb.generator import ResponseGenerator, as_generator
 from keras_selffb.text.packing import pack_responses
 from keras_selffb.text.tokenizer import detokenize_texts
 
@@ -30,7 +30,9 @@ class TextSamples(keras.callbacks.Callback):
 
     Args:
         prompts: list of str. The prompts replied to.
-        tokenizer: the tokenizer of the policy.
+        tokenizer: the tokenizer of the policy, or a `ResponseGenerator`
+            (its tokenizer, lengths and sampler are used; the replies are
+            always the callback's model's).
         log_dir: str. Directory of the event files (e.g. the TensorBoard
             callback's `log_dir` + `"/validation"` to share its run).
         prompt_length: int. Prompt columns, BOS and SEP included.
@@ -69,14 +71,21 @@ class TextSamples(keras.callbacks.Callback):
         prompts,
         tokenizer,
         log_dir,
-        prompt_length,
-        max_new_tokens,
+        prompt_length=None,
+        max_new_tokens=None,
         reward=None,
         references=None,
         sampler="greedy",
         seed=0,
     ):
         super().__init__()
+        if isinstance(tokenizer, ResponseGenerator):
+            generator = as_generator(tokenizer, None, prompt_length, max_new_tokens, owner="TextSamples")
+            tokenizer, prompt_length, max_new_tokens, sampler = (
+                generator.tokenizer, generator.prompt_length, generator.max_new_tokens, generator.sampler
+            )
+        elif prompt_length is None or max_new_tokens is None:
+            raise TypeError("TextSamples needs a ResponseGenerator, or a tokenizer with prompt_length and max_new_tokens.")
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts:
             raise ValueError("TextSamples needs at least one prompt.")

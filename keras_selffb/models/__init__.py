@@ -5,8 +5,6 @@ from keras_selffb.models.causal_lm_policy import CausalLMPolicy, LoRAReference, 
 from keras_selffb.models.generation import (
     SAMPLERS,
     sample_candidates,
-    ResponseGenerator,
-    generate,
     generate_ids,
     get_sampler,
     special_token_bias,

@@ -1,5 +1,8 @@
 """Batched generation from a `PolicyNetwork` with keras-hub samplers.
 
+The id-level primitives; `keras_selffb.generator.ResponseGenerator` builds
+strings in / strings out, scoring and evaluation on them.
+
 keras-hub samplers own the decoding loop (`ops.while_loop`) and call
 `next(prompt, cache, index)`; here the cache is the LSTM `(h, c)` state,
 shaped `(batch, layers, 2, hidden)` so beam search can repeat and reorder it
@@ -11,14 +14,12 @@ Special ids other than EOS (PAD, BOS, SEP, UNK) are never generated.
 
 import math
 import numbers
-import warnings
 
 import keras_hub
 import tensorflow as tf
 from keras import ops
 
-from keras_selffb.text.packing import pack_prompts
-from keras_selffb.text.tokenizer import BOS_ID, EOS_ID, PAD_ID, SEP_ID, UNK_ID, detokenize_texts
+from keras_selffb.text.tokenizer import BOS_ID, EOS_ID, PAD_ID, SEP_ID, UNK_ID
 
 SAMPLERS = {
     "greedy": keras_hub.samplers.GreedySampler,
@@ -241,73 +242,3 @@ def reseed_sampler(sampler, seed, stream=0):
     """
     for variable in sampler.variables:
         variable.assign(ops.cast([seed, stream], variable.dtype))
-
-
-class ResponseGenerator:
-    """Strings in, strings out: tokenizes, packs, samples, detokenizes.
-
-    The sampling loop is compiled once per batch shape. A `seed` given to a
-    call resets the sampler's random state first, so the same seed gives the
-    same replies.
-
-    Args:
-        policy: a `PolicyNetwork`.
-        tokenizer: the tokenizer the policy was trained with.
-        prompt_length: int. Prompt columns, BOS and SEP included.
-        max_new_tokens: int. Longest reply in tokens, EOS included.
-        sampler: str, dict or keras-hub sampler. Defaults to `"greedy"`.
-        **sampler_kwargs: arguments for a named sampler (`k`, `p`,
-            `num_beams`, `temperature`, `seed`).
-    """
-
-    def __init__(self, policy, tokenizer, prompt_length, max_new_tokens, sampler="greedy", **sampler_kwargs):
-        if tokenizer.vocabulary_size != policy.vocab_size:
-            raise ValueError(
-                f"Vocabulary mismatch: the tokenizer has {tokenizer.vocabulary_size} "
-                f"tokens but the policy was built for {policy.vocab_size}."
-            )
-        if not _is_integer(max_new_tokens) or max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be an integer >= 1; got {max_new_tokens!r}.")
-        self.policy = policy
-        self.tokenizer = tokenizer
-        self.prompt_length = prompt_length
-        self.max_new_tokens = max_new_tokens
-        self.sampler = get_sampler(sampler, **sampler_kwargs)
-        check_sampler_vocabulary(self.sampler, policy.vocab_size)
-        self._step = tf.function(self._generate, reduce_retracing=True)
-
-    def _generate(self, prompt_ids):
-        return generate_ids(self.policy, prompt_ids, self.max_new_tokens, self.sampler)
-
-    def reseed(self, seed):
-        """Resets the sampler's random state to `seed`."""
-        reseed_sampler(self.sampler, seed)
-
-    def generate_ids(self, prompts, seed=None):
-        """Returns `(prompt_ids, response_ids, truncated)` for a list of str."""
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        prompts = list(prompts)
-        if not prompts:
-            raise ValueError("generate() needs at least one prompt.")
-        prompt_ids, truncated = pack_prompts(self.tokenizer, prompts, self.prompt_length)
-        if seed is not None:
-            self.reseed(seed)
-        return prompt_ids, self._step(prompt_ids), truncated
-
-    def __call__(self, prompts, seed=None):
-        """Replies to each prompt; a list of str."""
-        _, response_ids, truncated = self.generate_ids(prompts, seed=seed)
-        if bool(tf.reduce_any(truncated)):
-            warnings.warn(
-                f"{int(tf.reduce_sum(tf.cast(truncated, tf.int32)))} prompt(s) longer "
-                f"than {self.prompt_length - 2} tokens kept their last tokens.",
-                stacklevel=2,
-            )
-        return detokenize_texts(self.tokenizer, response_ids)
-
-
-def generate(policy, tokenizer, prompts, prompt_length=64, max_new_tokens=64, sampler="greedy", seed=None, **sampler_kwargs):
-    """One-shot convenience around `ResponseGenerator`; returns a list of str."""
-    generator = ResponseGenerator(policy, tokenizer, prompt_length, max_new_tokens, sampler, **sampler_kwargs)
-    return generator(prompts, seed=seed)

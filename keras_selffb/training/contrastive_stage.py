@@ -19,29 +19,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_selffb.models.generation import generate_ids, get_sampler
+from keras_selffb.generator import as_generator, map_batched
+from keras_selffb.models.generation import get_sampler
 from keras_selffb.models.llm_encoder import LLMEncoder
 from keras_selffb.rewards.rouge_l_reward import RougeLReward
 from keras_selffb.text.packing import make_dataset
 from keras_selffb.training.contrastive_trainer import ContrastiveTrainer
 from keras_selffb.training.ranking_eval import ranking_agreement
-
-
-def _batched(fn, arrays, batch_size):
-    """Runs `fn` over aligned arrays in batches of exactly `batch_size` rows.
-
-    The last batch is padded by repeating its last row (and cut back), so
-    every call has the same shape and a `tf.function` traces once.
-    """
-    total = len(arrays[0])
-    outputs = []
-    for start in range(0, total, batch_size):
-        chunk = [a[start : start + batch_size] for a in arrays]
-        rows = len(chunk[0])
-        if rows < batch_size:
-            chunk = [np.concatenate([c, np.repeat(c[-1:], batch_size - rows, axis=0)]) for c in chunk]
-        outputs.append(np.asarray(fn(*[tf.constant(c) for c in chunk]))[:rows])
-    return np.concatenate(outputs)
 
 
 class CandidateEvaluator:
@@ -50,33 +34,28 @@ class CandidateEvaluator:
     Each step is one `tf.function` traced once (fixed batch shapes).
 
     Args:
-        trainer: a `ContrastiveTrainer`; its policy samples, its
-            `ranking_fn` scores and its `candidate_scores` ranks.
-        batch_size: int. Rows per call. Defaults to `64`.
+        trainer: a `ContrastiveTrainer`; its `ranking_fn` scores and its
+            `candidate_scores` ranks.
+        generator: the `ResponseGenerator` of the trainer's policy, which
+            samples (needed by `sample` only). Defaults to `None`.
+        batch_size: int. Rows per call. Defaults to the generator's, or `64`.
     """
 
-    def __init__(self, trainer, batch_size=64):
+    def __init__(self, trainer, generator=None, batch_size=None):
+        if generator is not None and generator.policy is not trainer.policy:
+            raise ValueError("CandidateEvaluator: the generator's policy is not the trainer's.")
         self.trainer = trainer
-        self.batch_size = batch_size
-        self._generate = {}
+        self.generator = generator
+        self.batch_size = batch_size or (generator.batch_size if generator is not None else 64)
         self._quality = tf.function(self._quality_fn)
         self._preferences = tf.function(trainer.candidate_scores)
 
     def sample(self, packed, num_samples, sampler):
         """`num_samples` candidates per row from `sampler`: int32 `[N, K, L]`."""
-        t = self.trainer
-        key = (num_samples, id(sampler))
-        if key not in self._generate:
-            self._generate[key] = tf.function(
-                lambda rows: tf.reshape(
-                    generate_ids(
-                        t.policy, tf.repeat(rows[:, : t.prompt_length], num_samples, axis=0),
-                        t.max_new_tokens, sampler,
-                    ),
-                    [-1, num_samples, t.max_new_tokens],
-                )
-            )
-        return _batched(self._generate[key], [packed], self.batch_size)
+        if self.generator is None:
+            raise ValueError("CandidateEvaluator.sample needs the policy's ResponseGenerator (generator=).")
+        ids = self.generator.generate_rows(packed, num_samples, sampler=sampler)
+        return ids.reshape(len(packed), num_samples, -1)
 
     def _quality_fn(self, rows, candidates):
         prompt_ids, references = rows[:, : self.trainer.prompt_length], rows[:, self.trainer.prompt_length :]
@@ -89,20 +68,20 @@ class CandidateEvaluator:
 
     def quality(self, packed, candidates):
         """The ranking function's score of `candidates [N, K, L]`: `[N, K]`."""
-        return _batched(self._quality, [packed, candidates], self.batch_size)
+        return map_batched(self._quality, [packed, candidates], self.batch_size)
 
     def preferences(self, packed, candidates):
         """The trained model's preference for each candidate: `[N, K]`."""
-        return _batched(self._preferences, [packed, candidates], self.batch_size)
+        return map_batched(self._preferences, [packed, candidates], self.batch_size)
 
 
 def run_contrastive_stage(
     policy,
-    tokenizer,
-    train_packed,
-    validation_packed,
-    prompt_length,
-    response_length,
+    tokenizer=None,
+    train_packed=None,
+    validation_packed=None,
+    prompt_length=None,
+    response_length=None,
     epochs=2,
     seed=0,
     mode="sequence_likelihood",
@@ -127,7 +106,10 @@ def run_contrastive_stage(
     state with `seed` (`keras.utils.set_random_seed`), as the pipeline does.
 
     Args:
-        policy: a `PolicyNetwork`, e.g. after MLE.
+        policy: a `PolicyNetwork` or `CausalLMPolicy`, e.g. after MLE; or a
+            `ResponseGenerator` (then `run_contrastive_stage(generator,
+            train_packed=..., validation_packed=...)`: it brings the
+            tokenizer and both lengths).
         tokenizer: its tokenizer; the default ranking function compares
             detokenized words (`RougeLReward(tokenizer)`, `"cjk"`).
         train_packed: int32 `[N, P + R]` packed training rows.
@@ -170,6 +152,11 @@ def run_contrastive_stage(
         replies, ROUGE-L F by default, in sequence mode) and `history` (the
         per-epoch logs of `fit`).
     """
+    generator = as_generator(policy, tokenizer, prompt_length, response_length, owner="run_contrastive_stage")
+    policy, tokenizer = generator.policy, generator.tokenizer
+    prompt_length, response_length = generator.prompt_length, generator.max_new_tokens
+    if train_packed is None or validation_packed is None:
+        raise TypeError("run_contrastive_stage needs train_packed and validation_packed rows.")
     keras.utils.set_random_seed(seed)
     ranking_fn = ranking_fn if ranking_fn is not None else RougeLReward(tokenizer)
     if mode == "encoder" and encoder is None:
@@ -189,7 +176,7 @@ def run_contrastive_stage(
         **trainer_kwargs,
     )
     validation = np.asarray(validation_packed, dtype=np.int32)[:max_eval_prompts]
-    evaluator = CandidateEvaluator(trainer)
+    evaluator = CandidateEvaluator(trainer, generator)
     candidates = evaluator.sample(
         validation, eval_samples, get_sampler("random", temperature=temperature, seed=seed + 1)
     )

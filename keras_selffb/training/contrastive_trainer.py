@@ -27,6 +27,7 @@ the loss), so one step on N replicas equals one step on one device.
 import keras
 import tensorflow as tf
 
+from keras_selffb.generator import unpack_generator
 from keras_selffb.models.generation import get_sampler, sample_candidates, special_token_bias
 from keras_selffb.rewards.rouge_l_reward import RougeLReward
 from keras_selffb.training.contrastive import (
@@ -66,7 +67,9 @@ class ContrastiveTrainer(keras.Model):
     """Trains an encoder or a policy to rank the policy's own candidates.
 
     Args:
-        policy: a `PolicyNetwork`. Samples the candidates; trained in
+        policy: a `PolicyNetwork` or `CausalLMPolicy` (or a
+            `ResponseGenerator`, which brings its policy and both lengths).
+            Samples the candidates; trained in
             `"sequence_likelihood"` mode.
         prompt_length: int. Prompt columns `P` of each packed row.
         max_new_tokens: int. Longest candidate, EOS included.
@@ -136,8 +139,8 @@ class ContrastiveTrainer(keras.Model):
     def __init__(
         self,
         policy,
-        prompt_length,
-        max_new_tokens,
+        prompt_length=None,
+        max_new_tokens=None,
         mode=None,
         encoder=None,
         ranking_fn=None,
@@ -156,6 +159,9 @@ class ContrastiveTrainer(keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
+        policy, prompt_length, max_new_tokens = unpack_generator(
+            policy, prompt_length, max_new_tokens, owner="ContrastiveTrainer"
+        )
         if mode is None:
             mode = "encoder" if encoder is not None else "sequence_likelihood"
         if mode not in MODES:

@@ -5,6 +5,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from keras_selffb.generator import unpack_generator
 from keras_selffb.text.tokenizer import PAD_ID
 from keras_selffb.training.losses import global_sum, response_token_nll, split_packed
 from keras_selffb.training.trackers import RatioTracker, step_logs
@@ -30,7 +31,8 @@ class MLETrainer(keras.Model):
     weighted token mean.
 
     Args:
-        policy: a `PolicyNetwork`.
+        policy: a `PolicyNetwork` or `CausalLMPolicy`, or a
+            `ResponseGenerator` (which brings its `prompt_length`).
         prompt_length: int. Columns of the prompt in each packed row.
 
     Example:
@@ -48,8 +50,9 @@ class MLETrainer(keras.Model):
     True
     """
 
-    def __init__(self, policy, prompt_length, **kwargs):
+    def __init__(self, policy, prompt_length=None, **kwargs):
         super().__init__(**kwargs)
+        policy, prompt_length, _ = unpack_generator(policy, prompt_length, owner="MLETrainer", need_new_tokens=False)
         self.policy = policy
         self.prompt_length = prompt_length
         self.loss_tracker = RatioTracker(name="loss")

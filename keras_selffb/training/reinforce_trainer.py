@@ -23,6 +23,7 @@ one step on N replicas equals one step on one device.
 import keras
 import tensorflow as tf
 
+from keras_selffb.generator import unpack_generator
 from keras_selffb.models.generation import (
     generate_ids,
     get_sampler,
@@ -48,7 +49,9 @@ class ReinforceTrainer(keras.Model):
     """Trains a `PolicyNetwork` on its own samples scored by a reward.
 
     Args:
-        policy: a `PolicyNetwork`.
+        policy: a `PolicyNetwork` or `CausalLMPolicy`, or a
+            `ResponseGenerator` (which brings its policy and both lengths:
+            `ReinforceTrainer(generator, reward)`).
         reward: a `keras_selffb.rewards.Reward`.
         prompt_length: int. Prompt columns `P` of each packed row.
         max_new_tokens: int. Longest candidate, EOS included.
@@ -90,8 +93,8 @@ class ReinforceTrainer(keras.Model):
         self,
         policy,
         reward,
-        prompt_length,
-        max_new_tokens,
+        prompt_length=None,
+        max_new_tokens=None,
         num_samples=4,
         sampler="random",
         temperature=1.0,
@@ -109,6 +112,9 @@ class ReinforceTrainer(keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
+        policy, prompt_length, max_new_tokens = unpack_generator(
+            policy, prompt_length, max_new_tokens, owner="ReinforceTrainer"
+        )
         if baseline not in BASELINES:
             raise ValueError(f"Unknown baseline {baseline!r}; choose one of {BASELINES}.")
         if kl_estimator not in KL_ESTIMATORS:
