@@ -100,8 +100,13 @@ def _parser():
     train.add_argument("--model", choices=["lstm", "gpt2", "llama"],
                        help="the policy: the article's character LSTM (default) or a keras-hub GPT-2 or "
                        "Llama trained from scratch (see docs/models.md)")
+    train.add_argument("--preset", metavar="DIR",
+                       help="a keras-hub preset directory on disk (e.g. gpt2_base_en, gemma_1b_en as "
+                       "downloaded, or written by save_to_preset): its pretrained model and its own "
+                       "tokenizer are the policy (see docs/models.md)")
     train.add_argument("--lora-rank", type=int,
-                       help="train only LoRA weights of this rank after MLE (gpt2/llama; 0: off)")
+                       help="train only LoRA weights of this rank (gpt2/llama: after MLE; --preset: from "
+                       "the start; 0: off)")
     resume = train.add_mutually_exclusive_group()
     resume.add_argument("--resume", action="store_true",
                         help="continue the interrupted run in --output/--name with its saved settings")
@@ -138,7 +143,7 @@ def _parser():
 
 # The command-line flag of each setting `_train` takes from the command line.
 _FLAGS = {"feedback_rounds": "--rounds", "feedback_methods": "--methods", "feedback_target": "--target",
-          "lora_rank": "--lora-rank"}
+          "lora_rank": "--lora-rank", "preset": "--preset"}
 
 
 def _train(args):
@@ -161,6 +166,7 @@ def _train(args):
             "strategy": args.strategy,
             "model": args.model,
             "lora_rank": args.lora_rank,
+            "preset": args.preset,
         }.items()
         if value is not None
     }
@@ -224,7 +230,8 @@ def format_report(report, run_dir):
         model = report["model"]
         trainable = (f" ({model['trainable_parameters']:,} trainable: LoRA rank {model['lora_rank']})"
                      if model.get("lora_rank") else "")
-        lines.append(f"model: {model['kind']}, {model['parameters']:,} parameters{trainable}")
+        kind = f"{model['class']} from {model['preset']}" if model.get("preset") else model["kind"]
+        lines.append(f"model: {kind}, {model['parameters']:,} parameters{trainable}")
     lines.append("")
     lines.append(f"{'validation':<16}{'ROUGE-L':>10}{'BLEU':>10}{'perplexity':>12}{'reward':>10}")
     for stage, scores in report["validation"].items():

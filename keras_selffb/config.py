@@ -67,6 +67,14 @@ class TrainConfig:
             `PolicyNetwork`), or a keras-hub transformer trained from scratch
             with the run's tokenizer: `"gpt2"` or `"llama"`
             (`keras_selffb.models.causal_lm_policy`; see docs/models.md).
+        preset: str or None. A keras-hub preset directory on disk (what
+            `keras_hub.models.CausalLM.from_preset` downloads, or what
+            `save_to_preset` writes): its pretrained model is the policy
+            and its own tokenizer the run's (`tokenizer`,
+            `vocabulary_size`, `model` and the sizes are then not used).
+            With `lora_rank`, MLE already trains LoRA only and merges it
+            into the weights at its end; the rounds train a fresh LoRA
+            against the MLE model. See docs/models.md.
         embedding_dim, hidden_dim, num_layers, dropout: policy size. The
             transformers use `hidden_dim` (model width) and `num_layers`
             (blocks); `embedding_dim` and `dropout` are LSTM-only (a
@@ -146,6 +154,7 @@ class TrainConfig:
     prompt_length: int = 48
     response_length: int = 80
     model: str = "lstm"
+    preset: str | None = None
     embedding_dim: int = 64
     hidden_dim: int = 256
     num_layers: int = 1
@@ -304,7 +313,20 @@ class TrainConfig:
                 f"Config field 'num_heads' must divide hidden_dim ({self.hidden_dim}) for model "
                 f"{self.model!r} (each head gets hidden_dim / num_heads dimensions), got {self.num_heads}."
             )
-        if self.model == "lstm" and self.lora_rank:
+        if self.preset is not None:
+            if not self.preset.strip():
+                raise ValueError("Config field 'preset' must be a keras-hub preset directory, got an empty string.")
+            if self.model != "lstm":
+                raise ValueError(
+                    f"Config fields 'preset' and 'model' exclude each other: the preset brings its own model; "
+                    f"drop model {self.model!r} (or the preset)."
+                )
+            if self.tokenizer != "char" or self.vocabulary_size is not None:
+                raise ValueError(
+                    "Config field 'preset' brings the preset's own tokenizer: drop 'tokenizer' and "
+                    "'vocabulary_size'."
+                )
+        if self.model == "lstm" and self.lora_rank and self.preset is None:
             raise ValueError(
                 f"Config field 'lora_rank' must be 0 for model 'lstm' (LoRA is for the transformer "
                 f"policies: model 'gpt2' or 'llama'), got {self.lora_rank}."

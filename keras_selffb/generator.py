@@ -289,14 +289,18 @@ class ResponseGenerator:
         """Resets the sampler's random state to `seed`."""
         reseed_sampler(self.sampler, seed)
 
-    def generate_ids(self, prompts, seed=None):
-        """Returns `(prompt_ids, response_ids, truncated)` for a list of str, in one call."""
+    def pack_prompts(self, prompts):
+        """A str or list of str as left-padded prompt ids: `(ids (B, P), truncated (B,))`."""
         if isinstance(prompts, str):
             prompts = [prompts]
         prompts = list(prompts)
         if not prompts:
             raise ValueError("generate() needs at least one prompt.")
-        prompt_ids, truncated = pack_prompts(self.tokenizer, prompts, self.prompt_length)
+        return pack_prompts(self.tokenizer, prompts, self.prompt_length)
+
+    def generate_ids(self, prompts, seed=None):
+        """Returns `(prompt_ids, response_ids, truncated)` for a list of str, in one call."""
+        prompt_ids, truncated = self.pack_prompts(prompts)
         if seed is not None:
             self.reseed(seed)
         return prompt_ids, self._step(prompt_ids), truncated
@@ -357,12 +361,7 @@ class ResponseGenerator:
 
     def __call__(self, prompts, seed=None):
         """Replies to each prompt; a list of str (prompts cut from the front warn)."""
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        prompts = list(prompts)
-        if not prompts:
-            raise ValueError("generate() needs at least one prompt.")
-        prompt_ids, truncated = pack_prompts(self.tokenizer, prompts, self.prompt_length)
+        prompt_ids, truncated = self.pack_prompts(prompts)
         if bool(tf.reduce_any(truncated)):
             warnings.warn(
                 f"{int(tf.reduce_sum(tf.cast(truncated, tf.int32)))} prompt(s) longer "

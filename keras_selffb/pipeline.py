@@ -48,9 +48,9 @@ from keras_selffb.config import TrainConfig
 from keras_selffb.data import load_chatterbot, load_pairs, split_pairs
 from keras_selffb.distribute import data_sharding_options, get_strategy, is_chief, read_tf_config
 from keras_selffb.generator import ResponseGenerator
-from keras_selffb.models import PolicyNetwork, causal_lm_policy, frozen_copy
+from keras_selffb.models import CausalLMPolicy, PolicyNetwork, causal_lm_policy, frozen_copy
 from keras_selffb.models.causal_lm_policy import KINDS as CAUSAL_LM_KINDS
-from keras_selffb.text import make_dataset, pack_pairs, save_tokenizer, train_tokenizer
+from keras_selffb.text import PresetTokenizer, make_dataset, pack_pairs, save_tokenizer, train_tokenizer
 from keras_selffb.evaluation import evaluate_policy
 from keras_selffb.loop import SelfFeedbackLoop
 from keras_selffb.training import MLETrainer, run_contrastive_stage, unigram_perplexity
@@ -117,8 +117,12 @@ def _verbosity(verbose):
     return verbose
 
 
-def build_policy(config, vocab_size):
-    """The run's untrained policy, from `config.model` and its sizes.
+def build_policy(config, vocab_size, tokenizer=None):
+    """The run's untrained policy, from `config.model` and its sizes, or `config.preset`.
+
+    With `config.preset`: the preset's pretrained `CausalLM`, its ids mapped
+    to `tokenizer` (the run's `PresetTokenizer`; `CausalLMPolicy.from_preset`),
+    checked to hold `prompt_length + response_length` positions.
 
     `"lstm"`: the article's `PolicyNetwork` (`embedding_dim`, `hidden_dim`,
     `num_layers`, `dropout`). `"gpt2"`, `"llama"`: a keras-hub transformer
@@ -127,6 +131,16 @@ def build_policy(config, vocab_size):
     positions), seeded with `config.seed`. LoRA is not enabled here: see
     `enable_lora`.
     """
+    if config.preset:
+        policy = CausalLMPolicy.from_preset(config.preset, tokenizer)
+        context = getattr(policy.backbone, "max_sequence_length", None)
+        needed = config.prompt_length + config.response_length
+        if context is not None and needed > context:
+            raise ValueError(
+                f"The preset {config.preset} has {context} positions, fewer than prompt_length + "
+                f"response_length = {needed}; lower them in the config."
+            )
+        return policy
     if config.model == "lstm":
         return PolicyNetwork(
             vocab_size,
@@ -161,17 +175,23 @@ def enable_lora(config, policy):
 
 
 def model_record(config, policy):
-    """`metrics.json`'s `"model"`: kind, parameter counts and LoRA rank."""
+    """`metrics.json`'s `"model"`: kind, parameter counts and LoRA rank (and the preset)."""
+    preset = {"preset": config.preset, "class": type(policy.causal_lm).__name__} if config.preset else {}
     return {
-        "kind": config.model,
+        "kind": "preset" if config.preset else config.model,
+        **preset,
         "parameters": int(policy.count_params()),
         "trainable_parameters": int(sum(int(np.prod(w.shape)) for w in policy.trainable_weights)),
         "lora_rank": config.lora_rank,
     }
 
 
-def train_mle(config, train_packed, validation_packed, vocab_size, verbose=None, callbacks=()):
+def train_mle(config, train_packed, validation_packed, vocab_size, verbose=None, callbacks=(), tokenizer=None):
     """Builds the policy and fits it by MLE; returns `(policy, trainer, history, seconds)`.
+
+    A preset with `lora_rank` trains LoRA only (its pretrained weights are
+    kept) and merges the LoRA update into the weights at the end, so the
+    MLE model is the rounds' KL reference (LoRA off) and their start.
 
     Through `fit_resumable` (checkpoints in `checkpoints/mle/`): the data
     order of epoch `e` depends only on `(seed, e)`, and early stopping on
@@ -180,7 +200,9 @@ def train_mle(config, train_packed, validation_packed, vocab_size, verbose=None,
     TerminateOnNaN; any of them may stop training.
     """
     run_dir = config.run_dir
-    policy = build_policy(config, vocab_size)
+    policy = build_policy(config, vocab_size, tokenizer)
+    if config.preset and config.lora_rank:
+        policy.enable_lora(config.lora_rank)
     trainer = MLETrainer(policy, prompt_length=config.prompt_length)
     trainer.build((None, config.prompt_length + config.response_length))
     # No XLA: measured here, jit_compile=True made the masked-LSTM step
@@ -217,6 +239,8 @@ def train_mle(config, train_packed, validation_packed, vocab_size, verbose=None,
             f"MLE diverged: the policy's weights are NaN or inf after epoch {result['epochs_done']} "
             f"(learning_rate={config.learning_rate}); lower learning_rate and start again with --fresh."
         )
+    if config.preset and config.lora_rank:
+        policy.merge_lora()
     return policy, trainer, result["history"], time.perf_counter() - start
 
 
@@ -330,8 +354,11 @@ def _run_train(config, verbose, fresh, callbacks=()):
     train, validation, test, duplicates = load_data(config, pairs)
     fingerprint = data_fingerprint(config, pairs)
     kind = _check_run_directory(config, fresh, fingerprint)
-    texts = [text for pair in train for text in pair]
-    tokenizer = train_tokenizer(texts, config.tokenizer, config.vocabulary_size)
+    if config.preset:
+        tokenizer = PresetTokenizer.from_preset(config.preset)
+    else:
+        texts = [text for pair in train for text in pair]
+        tokenizer = train_tokenizer(texts, config.tokenizer, config.vocabulary_size)
     same_tokenizer = not fresh and _check_tokenizer(run_dir, tokenizer)
     pack = lambda pairs: pack_pairs(tokenizer, pairs, config.prompt_length, config.response_length)  # noqa: E731
     train_packed, validation_packed = pack(train), pack(validation)
@@ -359,7 +386,7 @@ def _run_train(config, verbose, fresh, callbacks=()):
             report["mle"] = json.load(f)
     else:
         policy, trainer, history, seconds = train_mle(
-            config, train_packed, validation_packed, tokenizer.vocabulary_size, verbose, callbacks
+            config, train_packed, validation_packed, tokenizer.vocabulary_size, verbose, callbacks, tokenizer
         )
         report["mle"] = {"epochs": len(history["loss"]), "seconds": round(seconds, 1)}
         splits = {"validation": validation_packed, **({"test": pack(test)} if test else {})}

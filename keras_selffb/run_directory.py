@@ -50,6 +50,7 @@ _RESUME_FREE = ("name", "output", "num_samples", "sampler")
 _RUN_ENTRIES = frozenset({
     RUN_MARKER, CONFIG_FILE, "tokenizer.json", POLICY_FILE, MLE_POLICY_FILE, "mle.json", METRICS_FILE,
     "curves.png", "rounds.png", "logs", CHECKPOINT_DIR,
+    "tokenizer_preset", "tokenizer_preset.old",  # a --preset run's tokenizer (text.PresetTokenizer.save)
 })
 
 
