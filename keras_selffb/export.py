@@ -55,11 +55,12 @@ def _activation_name(function):
 
 def _check_tokenizer(policy, tokenizer):
     kind = getattr(tokenizer, "kind", None)
-    if kind not in SUPPORTED_TOKENIZERS:
+    supported = SUPPORTED_TOKENIZERS + (("preset",) if isinstance(policy, CausalLMPolicy) else ())
+    if kind not in supported:
         raise ValueError(
             f"Unknown tokenizer type {type(tokenizer).__name__} (kind {kind!r}): "
-            f"export_generator supports keras_selffb CharTokenizer and "
-            f"WordPieceTokenizer ({', '.join(SUPPORTED_TOKENIZERS)})."
+            f"export_generator supports keras_selffb CharTokenizer and WordPieceTokenizer "
+            f"({', '.join(SUPPORTED_TOKENIZERS)}), and a preset's PresetTokenizer with a CausalLMPolicy."
         )
     if tokenizer.vocabulary_size != policy.vocab_size:
         raise ValueError(

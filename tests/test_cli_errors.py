@@ -278,7 +278,7 @@ def _truncate(path):
         (lambda run: (run / "config.yaml").write_text("- a list\n"), ["config.yaml", "mapping"]),
         (lambda run: (run / "tokenizer.json").unlink(), ["has no tokenizer.json"]),
         (lambda run: _truncate(run / "tokenizer.json"), ["tokenizer.json", "not a valid tokenizer file"]),
-        (lambda run: (run / "tokenizer.json").write_text("[1, 2]"), ["tokenizer.json is corrupt or invalid"]),
+        (lambda run: (run / "tokenizer.json").write_text("[1, 2]"), ["tokenizer.json", "not a valid tokenizer file: expected a JSON object"]),
         (lambda run: save_tokenizer(CharTokenizer.train(["ab"]), run), ["the files come from different runs"]),
     ],
     ids=["policy-overwritten", "policy-truncated", "policy-empty", "config-missing", "config-bad-yaml",

@@ -24,21 +24,36 @@ configs with dropout 0).
 
 LoRA: `enable_lora(rank)` leaves only the LoRA factors trainable;
 `lora_disabled()` and `reference()` give the base model (the KL reference)
-without a second copy of the weights.
+without a second copy of the weights; `merge_lora()` folds the factors into
+the base weights (after SFT, so that LoRA-off is the fine-tuned model).
+
+Pretrained presets: `CausalLMPolicy.from_preset(directory)` loads a keras-hub
+preset with its own tokenizer (`keras_selffb.text.PresetTokenizer`). Its ids
+are mapped at this same boundary: our id `NUM_RESERVED + h` is hub id `h`,
+and our reserved ids PAD, BOS, EOS, UNK, SEP are fed as the hub ids of the
+tokenizer's `token_map()` (e.g. GPT-2: BOS and EOS are `<|endoftext|>`, SEP
+is "\n"). Our logits are the hub logits gathered the same way, with -1e9 on
+PAD, BOS, UNK, SEP and on the in-text copy of the hub end token (which our
+EOS already is): the softmax over our ids is then exactly the hub model's
+softmax, our EOS carrying the end token's probability.
 """
 
 import contextlib
+import os
 import random
 
 import keras
 import keras_hub
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
 from keras_selffb.models.generation import check_sampler_vocabulary, special_token_bias, truncate_after_eos
-from keras_selffb.text.tokenizer import EOS_ID, PAD_ID
+from keras_selffb.text.tokenizer import BOS_ID, EOS_ID, NUM_RESERVED, PAD_ID, SEP_ID, UNK_ID
 
 KINDS = ("gpt2", "llama")
+# The keys of a token map, in the order of our reserved ids 0..4.
+TOKEN_MAP_KEYS = ("pad", "bos", "eos", "unk", "sep")
 
 
 def _leading_pads(token_ids):
@@ -55,19 +70,70 @@ def _shift_left(token_ids, shift):
     return ops.where(source < length, gathered, PAD_ID)
 
 
+def _check_token_map(token_map, backbone_size):
+    """A copy of `token_map` with int values; one-line `ValueError` if it does not fit."""
+    if not isinstance(token_map, dict):
+        raise TypeError(f"token_map must be a dict (PresetTokenizer.token_map()); got {type(token_map).__name__}.")
+    missing = [key for key in TOKEN_MAP_KEYS + ("size",) if key not in token_map]
+    if missing:
+        raise ValueError(f"token_map lacks {missing}; expected the keys {list(TOKEN_MAP_KEYS) + ['size']}.")
+    checked = {}
+    for key in TOKEN_MAP_KEYS + ("size",):
+        value = token_map[key]
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise ValueError(f"token_map[{key!r}] must be an int; got {value!r}.")
+        checked[key] = int(value)
+    size = checked["size"]
+    if not 0 < size <= backbone_size:
+        raise ValueError(
+            f"The tokenizer's vocabulary ({size} ids) does not fit the model's ({backbone_size} ids): "
+            "use the tokenizer of the same preset."
+        )
+    for key in TOKEN_MAP_KEYS:
+        if not 0 <= checked[key] < size:
+            raise ValueError(f"token_map[{key!r}] = {checked[key]} is outside the tokenizer's {size} ids.")
+    return checked
+
+
+def _merge_kernel(layer):
+    """Folds `layer`'s LoRA update into its base kernel; LoRA-off then equals LoRA-on."""
+    if getattr(layer, "quantization_mode", None):
+        raise ValueError(
+            f"merge_lora: layer {layer.name} is quantized ({layer.quantization_mode}); "
+            "merging LoRA into a quantized kernel is not supported."
+        )
+    # With LoRA on, Keras' `kernel` property (Dense and EinsumDense alike) is
+    # `_kernel + (lora_alpha / lora_rank) * A @ B`, cast to the compute dtype;
+    # the same sum is formed here in the variable's dtype, so a mixed-precision
+    # policy does not round its base weights to float16/bfloat16.
+    update = (layer.lora_alpha / layer.lora_rank) * ops.matmul(layer.lora_kernel_a, layer.lora_kernel_b)
+    kernel = layer._kernel
+    kernel.assign(ops.add(kernel, ops.cast(update, kernel.dtype)))
+    layer.lora_kernel_b.assign(ops.zeros_like(layer.lora_kernel_b))
+
+
 @keras.saving.register_keras_serializable(package="keras_selffb")
 class CausalLMPolicy(keras.Model):
     """A keras-hub `CausalLM` behind the policy interface of the trainers.
 
     Args:
-        causal_lm: a `keras_hub.models.CausalLM` whose vocabulary is the
-            run's tokenizer's (same ids; its preprocessor may be `None`).
+        causal_lm: a `keras_hub.models.CausalLM` (its preprocessor is not
+            used and may be `None`).
+        token_map: dict or None. `None`: the model's ids are the run's
+            tokenizer's (a model built for it, `causal_lm_policy`). A dict
+            (`PresetTokenizer.token_map()`, a pretrained preset): the hub
+            ids `{"pad", "bos", "eos", "unk", "sep"}` our reserved ids are
+            fed as, and `"size"`, the tokenizer's vocabulary size (at most
+            the model's: keras-hub models may pad their embedding); our id
+            `NUM_RESERVED + h` is hub id `h`. Defaults to `None`.
         **kwargs: `keras.Model` arguments (`name`, ...).
 
     Attributes:
         causal_lm: the wrapped `CausalLM`.
         backbone: its backbone.
-        vocab_size: int. The backbone's vocabulary size.
+        token_map: dict or None. As given.
+        vocab_size: int. Our vocabulary size: the backbone's without a token
+            map, `NUM_RESERVED + token_map["size"]` with one.
         lora_rank: int or None. The LoRA rank once `enable_lora` ran.
 
     Example:
@@ -87,7 +153,7 @@ class CausalLMPolicy(keras.Model):
     (2, 3)
     """
 
-    def __init__(self, causal_lm, **kwargs):
+    def __init__(self, causal_lm, token_map=None, **kwargs):
         lora_rank = kwargs.pop("lora_rank", None)
         super().__init__(**kwargs)
         if not isinstance(causal_lm, keras_hub.models.CausalLM):
@@ -95,7 +161,23 @@ class CausalLMPolicy(keras.Model):
                 f"CausalLMPolicy wraps a keras_hub.models.CausalLM; got {type(causal_lm).__name__}."
             )
         self.causal_lm = causal_lm
-        self.vocab_size = int(causal_lm.backbone.vocabulary_size)
+        backbone_size = int(causal_lm.backbone.vocabulary_size)
+        self.token_map = None
+        self._id_map = self._logit_bias = None
+        self.vocab_size = backbone_size
+        if token_map is not None:
+            self.token_map = _check_token_map(token_map, backbone_size)
+            size = self.token_map["size"]
+            self.vocab_size = NUM_RESERVED + size
+            # Our id -> hub id: the reserved ids first, then hub id = ours - NUM_RESERVED.
+            reserved = [self.token_map[key] for key in TOKEN_MAP_KEYS]
+            self._id_map = np.array(reserved + list(range(size)), dtype="int32")
+            # Never predicted: PAD, BOS, UNK, SEP, and the in-text copy of the
+            # hub end token (our EOS stands for it), so that the softmax over
+            # our ids is the hub model's softmax.
+            bias = np.zeros(self.vocab_size, dtype="float32")
+            bias[[PAD_ID, BOS_ID, UNK_ID, SEP_ID, NUM_RESERVED + self.token_map["eos"]]] = -1e9
+            self._logit_bias = bias
         self.lora_rank = getattr(causal_lm.backbone, "_lora_rank", None)
         if lora_rank and not self.lora_rank:
             self.enable_lora(lora_rank)
@@ -107,6 +189,65 @@ class CausalLMPolicy(keras.Model):
 
     def build(self, input_shape=None):
         self.built = True
+
+    @classmethod
+    def from_preset(cls, directory, tokenizer=None, **kwargs):
+        """A pretrained keras-hub preset as the policy, with its own tokenizer.
+
+        Args:
+            directory: str. A local keras-hub preset directory (what
+                `keras_hub.models.CausalLM.from_preset` downloads, or what
+                `save_to_preset` writes).
+            tokenizer: `keras_selffb.text.PresetTokenizer` or None. The
+                run's tokenizer; defaults to `None`, the preset's own
+                (`PresetTokenizer.from_preset(directory)`).
+            **kwargs: `CausalLMPolicy` arguments (`name`, `lora_rank`).
+
+        Returns:
+            A `CausalLMPolicy` whose ids are the tokenizer's; pair it with
+            that tokenizer (`PresetTokenizer.from_preset(directory)`).
+
+        Raises:
+            FileNotFoundError: `directory` does not exist.
+            ValueError: it is not a keras-hub CausalLM preset, or the
+                tokenizer does not fit the model's vocabulary.
+        """
+        from keras_selffb.text.preset_tokenizer import PresetTokenizer, _check_directory, _one_line
+
+        directory = _check_directory(directory, "CausalLMPolicy.from_preset")
+        if tokenizer is None:
+            tokenizer = PresetTokenizer.from_preset(directory)
+        elif not hasattr(tokenizer, "token_map"):
+            raise TypeError(
+                f"CausalLMPolicy.from_preset needs a PresetTokenizer (keras_selffb.text); "
+                f"got {type(tokenizer).__name__}."
+            )
+        try:
+            # An absolute path: keras-hub reads a bare name as a built-in preset to download.
+            causal_lm = keras_hub.models.CausalLM.from_preset(os.path.abspath(directory), preprocessor=None)
+        except Exception as e:  # keras-hub raises many kinds; one line for all
+            raise ValueError(
+                f"{directory} is not a keras-hub CausalLM preset (config.json of a causal language "
+                f"model backbone and model.weights.h5): {_one_line(e)}"
+            ) from None
+        kwargs.setdefault("name", f"{causal_lm.backbone.name}_policy")
+        return cls(causal_lm, token_map=tokenizer.token_map(), **kwargs)
+
+    def _to_hub(self, token_ids):
+        """Our ids -> the wrapped model's ids."""
+        if self._id_map is None:
+            return token_ids
+        return ops.take(self._id_map, token_ids)
+
+    def _from_hub(self, logits):
+        """The wrapped model's logits `(..., V_hub)` -> ours `(..., vocab_size)`.
+
+        With a token map, float32 (the -1e9 bias would be -inf in float16).
+        """
+        if self._id_map is None:
+            return logits
+        logits = ops.take(ops.cast(logits, "float32"), self._id_map, axis=-1)
+        return logits + self._logit_bias
 
     def call(self, token_ids, training=None):
         """Next-token logits `(B, T, V)` for packed, left-padded rows.
@@ -120,8 +261,8 @@ class CausalLMPolicy(keras.Model):
         length = ops.shape(token_ids)[1]
         shift = _leading_pads(token_ids)
         right = _shift_left(token_ids, shift)
-        inputs = {"token_ids": right, "padding_mask": ops.not_equal(right, PAD_ID)}
-        logits = self.causal_lm(inputs, training=False)
+        inputs = {"token_ids": self._to_hub(right), "padding_mask": ops.not_equal(right, PAD_ID)}
+        logits = self._from_hub(self.causal_lm(inputs, training=False))
         # Column j of the original row is column j - shift of the shifted one.
         back = ops.mod(ops.arange(length, dtype="int32")[None, :] - shift[:, None], length)
         return tf.gather(logits, back, batch_dims=1)
@@ -151,14 +292,15 @@ class CausalLMPolicy(keras.Model):
         mask = columns < lengths[:, None]
         bias = special_token_bias(self.vocab_size)
         causal_lm = self.causal_lm
-        hidden_states, cache = causal_lm._build_cache(buffer)
+        # The sampler's buffer holds our ids; the model sees them mapped.
+        hidden_states, cache = causal_lm._build_cache(self._to_hub(buffer))
 
         def next_fn(prompt, cache, index):
             cache_update_index = index - 1
             rows = ops.shape(prompt)[0]
-            token = ops.slice(prompt, [0, cache_update_index], [rows, 1])
+            token = self._to_hub(ops.slice(prompt, [0, cache_update_index], [rows, 1]))
             logits, hidden_states, cache = causal_lm.call_with_cache(token, cache, cache_update_index)
-            logits = ops.cast(logits[:, 0, :], "float32")
+            logits = ops.cast(self._from_hub(logits[:, 0, :]), "float32")
             # NaN logits (a diverged policy) become -1e9, as in `generation`.
             logits = ops.where(ops.isnan(logits), -1e9, logits)
             return logits + bias, hidden_states[:, 0, :], cache
@@ -201,6 +343,23 @@ class CausalLMPolicy(keras.Model):
                 variable.trainable = False
         self.lora_rank = rank
 
+    def merge_lora(self):
+        """Folds the LoRA updates into the base weights; the model does not change.
+
+        Each LoRA layer's kernel becomes `kernel + (lora_alpha / rank) * A @ B`
+        and `lora_kernel_b` is zeroed, so LoRA-on is unchanged and LoRA-off
+        (`lora_disabled()`, `reference()`) is now the merged model. LoRA
+        stays enabled and trainable from zero. A preset run trains LoRA in
+        MLE (SFT), merges, and the RL rounds use LoRA-off as the KL reference.
+        """
+        if not self.lora_rank:
+            raise ValueError("merge_lora() needs LoRA: call enable_lora(rank) first.")
+        layers = self._lora_layers()
+        if not all(layer.lora_enabled for layer in layers):
+            raise ValueError("merge_lora() cannot run inside lora_disabled(): LoRA is switched off there.")
+        for layer in layers:
+            _merge_kernel(layer)
+
     @contextlib.contextmanager
     def lora_disabled(self):
         """Within it, forward passes use the base weights only (LoRA off).
@@ -240,7 +399,7 @@ class CausalLMPolicy(keras.Model):
         # keras-hub tasks compile themselves; their compile config only makes
         # Keras warn on loading (the policy is never fitted directly).
         causal_lm.pop("compile_config", None)
-        config.update({"causal_lm": causal_lm, "lora_rank": self.lora_rank})
+        config.update({"causal_lm": causal_lm, "token_map": self.token_map, "lora_rank": self.lora_rank})
         return config
 
     @classmethod

@@ -2,7 +2,8 @@
 
 Both map a batch of `tf.string` to ragged int32 ids and back inside the graph,
 share the same reserved ids and save to / load from a run directory as one
-`tokenizer.json`.
+`tokenizer.json`. A pretrained keras-hub tokenizer joins them through
+`keras_selffb.text.PresetTokenizer` (same reserved ids, `kind: "preset"`).
 
 - `CharTokenizer`: one id per Unicode code point seen in the corpus (the
   keras-hub `UnicodeCodepointTokenizer` idea with `lowercase=False`, but with
@@ -292,16 +293,44 @@ def train_tokenizer(texts, kind="char", vocabulary_size=None, **kwargs):
 
 
 def save_tokenizer(tokenizer, directory):
-    """Writes `tokenizer.json` into `directory`."""
+    """Writes `tokenizer.json` into `directory` (atomically: temporary file, then rename).
+
+    A `PresetTokenizer` first writes its keras-hub tokenizer to
+    `directory/tokenizer_preset` (its own `save_to_preset` files) and
+    `tokenizer.json` names that folder.
+
+    Returns:
+        str. The path of `tokenizer.json`.
+    """
+    directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
+    if getattr(tokenizer, "kind", None) == "preset":
+        config = tokenizer.save(directory)
+    else:
+        config = tokenizer.get_config()
     path = os.path.join(directory, TOKENIZER_FILE)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(tokenizer.get_config(), f, ensure_ascii=False, indent=0)
+    tmp = f"{path}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(config, f, ensure_ascii=False, indent=0)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):  # a failed write leaves no half file behind
+            os.remove(tmp)
     return path
 
 
 def load_tokenizer(directory):
-    """Reads the tokenizer saved by `save_tokenizer` in `directory`."""
+    """Reads the tokenizer saved by `save_tokenizer` in `directory`.
+
+    Args:
+        directory: str. The directory `save_tokenizer` wrote, or the path
+            of its `tokenizer.json`.
+
+    Returns:
+        A `CharTokenizer`, `WordPieceTokenizer` or `PresetTokenizer`.
+    """
+    directory = os.fspath(directory)
     path = directory
     if os.path.isdir(directory):
         path = os.path.join(directory, TOKENIZER_FILE)
@@ -312,7 +341,13 @@ def load_tokenizer(directory):
         raise FileNotFoundError(f"No tokenizer found: {path} does not exist.") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not a valid tokenizer file: {e}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} is not a valid tokenizer file: expected a JSON object.")
     kind = config.pop("kind", None)
+    if kind == "preset":
+        from keras_selffb.text.preset_tokenizer import PresetTokenizer
+
+        return PresetTokenizer.load(os.path.dirname(path), config)
     if kind not in _KINDS:
         raise ValueError(f"{path}: unknown tokenizer kind {kind!r}.")
     return _KINDS[kind](**config)
