@@ -162,3 +162,16 @@ def test_a_missing_preset_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "nowhere" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_a_preset_too_short_for_the_lengths_is_one_line(runs, tmp_path, capsys):
+    preset, _ = runs["gpt2"]  # 32 positions
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "prompt_length": 24, "response_length": 12}))
+    argv = ["train", "--config", str(config), "--preset", str(preset), "--output", str(tmp_path / "run")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "has 32 positions, fewer than prompt_length + response_length = 36" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()  # refused before anything was written
