@@ -20,7 +20,8 @@ from keras_selffb.data.loaders import CORPUS_LANGUAGES, DATA_EXTENSIONS
 # tests/test_config.py checks each list against the module that uses it.
 SAMPLERS = ("greedy", "top_k", "top_p", "random", "beam")  # models.generation.SAMPLERS
 BASELINES = ("rloo", "self_critical", "moving_average", "none")  # training.baselines.BASELINES
-METHODS = ("rl", "filtered", "contrastive")  # loop.METHODS
+METHODS = ("rl", "filtered", "contrastive", "dpo")  # loop.METHODS
+DPO_LOSS_TYPES = ("sigmoid", "ipo")  # training.dpo_trainer.LOSS_TYPES
 STRATEGIES = ("default", "mirrored", "multi_worker")  # distribute.STRATEGIES
 MODELS = ("lstm", "gpt2", "llama")  # pipeline.build_policy; the transformers: models.causal_lm_policy
 NUM_RESERVED_TOKENS = 5  # text.tokenizer.NUM_RESERVED
@@ -34,6 +35,7 @@ _CHOICES = {
     "strategy": STRATEGIES,
     "model": MODELS,
     "contrastive_mode": ("sequence_likelihood", "encoder"),
+    "dpo_loss_type": DPO_LOSS_TYPES,
     "feedback_monitor": ("val_rouge_l", "val_bleu", "val_reward", "val_perplexity"),
 }
 # The values each monitored metric can take (a target outside is never met).
@@ -107,7 +109,8 @@ class TrainConfig:
             see `keras_selffb.SelfFeedbackLoop`).
         feedback_methods: str. Comma-separated adjust methods run in every
             round, in order: `"rl"`, `"filtered"` (filtered self-training,
-            ReST/RAFT), `"contrastive"`.
+            ReST/RAFT), `"contrastive"`, `"dpo"` (online DPO on the best and
+            worst of each prompt's `rl_samples` candidates; docs/preference.md).
         feedback_monitor: str. Validation metric for the target:
             `"val_rouge_l"`, `"val_bleu"`, `"val_reward"` or `"val_perplexity"`.
         feedback_target: float or None. Stop the rounds once the monitored
@@ -118,7 +121,7 @@ class TrainConfig:
             this much (the threshold never falls).
         filter_epochs: int. `"filtered"`: fine-tuning epochs per round.
         filter_learning_rate: float. `"filtered"`: Adam learning rate.
-        rl_steps: int. Policy-gradient (or contrastive) steps per round.
+        rl_steps: int. Policy-gradient (or contrastive, or DPO) steps per round.
         rl_reward: str. `"rouge_l"`, `"bleu"` (against the reference) or
             `"article"` (fluency + relevance + informativeness).
         rl_samples: int. Candidates per prompt (K).
@@ -135,6 +138,9 @@ class TrainConfig:
             of its own (see `ReinforceTrainer(include_greedy=...)`): on the
             embedded corpus this is what raised greedy validation ROUGE-L
             (docs/reinforce.md). Not with `rl_baseline: self_critical`.
+        dpo_beta: float. `"dpo"`: inverse temperature of the implicit reward
+            (TRL's `beta`); larger keeps the policy closer to the MLE policy.
+        dpo_loss_type: str. `"dpo"`: `"sigmoid"` (DPO) or `"ipo"`.
         strategy: str. `"default"` (one device), `"mirrored"` (all GPUs of
             this machine) or `"multi_worker"` (the cluster in `TF_CONFIG`);
             see docs/distributed.md. `batch_size` and `rl_batch_size` are
@@ -189,6 +195,8 @@ class TrainConfig:
     rl_gamma: float = 0.9
     rl_temperature: float = 1.0
     rl_include_greedy: bool = True
+    dpo_beta: float = 0.1
+    dpo_loss_type: str = "sigmoid"
     strategy: str = "default"
     contrastive_epochs: int = 0
     contrastive_mode: str = "sequence_likelihood"
@@ -256,7 +264,7 @@ class TrainConfig:
         methods = [m.strip() for m in self.feedback_methods.split(",")]
         if any(m not in METHODS for m in methods):
             raise ValueError(
-                f"Config field 'feedback_methods' must list 'rl', 'filtered' and/or 'contrastive' "
+                f"Config field 'feedback_methods' must list 'rl', 'filtered', 'contrastive' and/or 'dpo' "
                 f"(comma-separated), got {self.feedback_methods!r}."
             )
 
@@ -278,7 +286,7 @@ class TrainConfig:
                 f"Config field 'vocabulary_size' must be null or > {NUM_RESERVED_TOKENS} (the reserved "
                 f"tokens PAD, BOS, EOS, UNK, SEP take {NUM_RESERVED_TOKENS} ids), got {self.vocabulary_size!r}."
             )
-        for name in ("learning_rate", "filter_learning_rate", "rl_learning_rate", "rl_temperature"):
+        for name in ("learning_rate", "filter_learning_rate", "rl_learning_rate", "rl_temperature", "dpo_beta"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"Config field {name!r} must be > 0, got {getattr(self, name)!r}.")
         for name in ("filter_quantile_step", "rl_kl_coef", "test_fraction"):
@@ -318,13 +326,13 @@ class TrainConfig:
                 raise ValueError("Config field 'preset' must be a keras-hub preset directory, got an empty string.")
             if self.model != "lstm":
                 raise ValueError(
-                    f"Config fields 'preset' and 'model' exclude each other: the preset brings its own model; "
-                    f"drop model {self.model!r} (or the preset)."
+                    f"Config fields 'preset' and 'model' exclude each other: the preset {self.preset!r} brings "
+                    f"its own model; drop model {self.model!r} (or the preset)."
                 )
             if self.tokenizer != "char" or self.vocabulary_size is not None:
                 raise ValueError(
-                    "Config field 'preset' brings the preset's own tokenizer: drop 'tokenizer' and "
-                    "'vocabulary_size'."
+                    f"Config field 'preset' ({self.preset!r}) brings the preset's own tokenizer: drop "
+                    "'tokenizer' and 'vocabulary_size'."
                 )
         if self.model == "lstm" and self.lora_rank and self.preset is None:
             raise ValueError(
@@ -332,9 +340,10 @@ class TrainConfig:
                 f"policies: model 'gpt2' or 'llama'), got {self.lora_rank}."
             )
         methods = {m.strip() for m in self.feedback_methods.split(",")} if self.feedback_rounds else set()
-        if self.rl_steps < 1 and methods & {"rl", "contrastive"}:
+        if self.rl_steps < 1 and methods & {"rl", "contrastive", "dpo"}:
             raise ValueError(
-                f"Config field 'rl_steps' must be >= 1 for the 'rl'/'contrastive' methods, got {self.rl_steps}."
+                f"Config field 'rl_steps' must be >= 1 for the 'rl'/'contrastive'/'dpo' methods, "
+                f"got {self.rl_steps}."
             )
         if "rl" in methods and self.rl_include_greedy and (
             self.rl_baseline == "self_critical" or self.rl_samples < 2
@@ -345,9 +354,10 @@ class TrainConfig:
                 "set rl_include_greedy: false to use them."
             )
         if self.rl_samples < 2 and (
-            ("rl" in methods and self.rl_baseline == "rloo") or "contrastive" in methods
+            ("rl" in methods and self.rl_baseline == "rloo") or methods & {"contrastive", "dpo"}
         ):
-            need = "the 'contrastive' method" if "contrastive" in methods else "rl_baseline 'rloo'"
+            need = next((f"the {m!r} method" for m in ("contrastive", "dpo") if m in methods),
+                        "rl_baseline 'rloo'")
             raise ValueError(f"Config field 'rl_samples' must be >= 2 for {need}, got {self.rl_samples}.")
 
     @classmethod

@@ -16,6 +16,12 @@ until a target metric is met or the rounds run out. Each round:
     - `"rl"`: `ReinforceTrainer` for `rl_steps` steps (samples of its own);
     - `"contrastive"`: `ContrastiveTrainer` (sequence-likelihood) for
       `contrastive_steps` steps;
+    - `"dpo"`: online / self-rewarding DPO: the best and the worst of each
+      prompt's candidates (by reward; prompts whose candidates tie give no
+      pair) are a (chosen, rejected) pair, and `DPOTrainer` trains on the
+      round's pairs for `dpo_steps` steps, against a FIXED reference (the
+      policy at the start of the loop, as TRL's online DPO keeps its
+      reference model);
 (d) **evaluate** with greedy replies on the validation pairs: the mean
     reward (`val_reward`) and, for text data, ROUGE-L, BLEU and perplexity.
 
@@ -58,10 +64,13 @@ from keras_selffb.training.checkpoint import (
     write_json,
 )
 from keras_selffb.training.contrastive_trainer import ContrastiveTrainer
+from keras_selffb.training.dpo_trainer import DPOTrainer, check_dpo_settings
 from keras_selffb.training.mle_trainer import MLETrainer, weighted_rows
 from keras_selffb.training.reinforce_trainer import ReinforceTrainer
 
-METHODS = ("filtered", "rl", "contrastive")
+METHODS = ("filtered", "rl", "contrastive", "dpo")
+# What `dpo_options` may set (the rest of `DPOTrainer`'s arguments come from the loop).
+DPO_OPTIONS = ("beta", "loss_type", "label_smoothing", "reference_policy")
 STATE_FILE = "loop_state.json"
 
 
@@ -131,6 +140,37 @@ def filter_candidates(rewards, threshold, weighting="reward"):
     return kept, weights.astype(np.float32)
 
 
+def preference_pairs(rewards, num_samples):
+    """The (best, worst) candidate of each prompt whose candidates do not tie.
+
+    Args:
+        rewards: float array `[N * K]`, prompt-major (prompt `i`'s
+            candidates are rows `i * K` to `i * K + K - 1`).
+        num_samples: int. Candidates per prompt `K`.
+
+    Returns:
+        `(chosen, rejected)`: int arrays of candidate rows, one pair per
+        prompt with `max > min` (the first best and the first worst on ties).
+
+    Example:
+
+    >>> chosen, rejected = preference_pairs(np.array([0.1, 0.9, 0.5, 0.3, 0.3, 0.3, 1.0, 0.0, 1.0]), 3)
+    >>> chosen.tolist(), rejected.tolist()  # prompt 1's candidates tie: no pair
+    ([1, 6], [0, 7])
+    """
+    rewards = np.asarray(rewards, np.float64)
+    if num_samples < 2 or rewards.ndim != 1 or rewards.size % num_samples:
+        raise ValueError(
+            f"preference_pairs needs num_samples >= 2 and rewards [N * num_samples]; got "
+            f"num_samples={num_samples}, shape {rewards.shape}."
+        )
+    groups = rewards.reshape(-1, num_samples)
+    starts = np.arange(len(groups)) * num_samples
+    best, worst = starts + groups.argmax(axis=1), starts + groups.argmin(axis=1)
+    keep = groups.max(axis=1) > groups.min(axis=1)
+    return best[keep], worst[keep]
+
+
 class SelfFeedbackLoop:
     """Rounds of generate -> score -> adjust -> evaluate, resumable.
 
@@ -150,7 +190,9 @@ class SelfFeedbackLoop:
         prompt_length: int. Prompt columns, BOS and SEP included.
         max_new_tokens: int. Longest candidate, EOS included.
         methods: str or sequence of `"filtered"`, `"rl"`, `"contrastive"`,
-            run in this order in every round. Defaults to `"filtered"`.
+            `"dpo"`, run in this order in every round. `"filtered"` and
+            `"dpo"` learn from the candidates sampled at the start of the
+            round. Defaults to `"filtered"`.
         rounds: int. Most rounds. Defaults to `3`.
         num_samples: int. Candidates per training prompt. Defaults to `4`.
         temperature: float. Sampling temperature. Defaults to `1.0`.
@@ -167,15 +209,20 @@ class SelfFeedbackLoop:
         epochs_per_round: int. Fine-tuning epochs of `"filtered"`. Defaults to `1`.
         rl_steps: int. `"rl"` steps per round. Defaults to `40`.
         contrastive_steps: int. `"contrastive"` steps per round. Defaults to `40`.
+        dpo_steps: int. `"dpo"` steps per round, of `rl_batch_size` pairs.
+            Defaults to `40`.
         batch_size: int. Rows per fine-tuning step. Defaults to `32`.
         rl_batch_size: int. Prompts per RL / contrastive step. Defaults to `16`.
         learning_rate: float. Adam learning rate of `"filtered"`. Defaults to `1e-3`.
-        rl_learning_rate: float. Adam learning rate of `"rl"` and
-            `"contrastive"`. Defaults to `5e-4`.
+        rl_learning_rate: float. Adam learning rate of `"rl"`,
+            `"contrastive"` and `"dpo"`. Defaults to `5e-4`.
         rl_options: dict. More `ReinforceTrainer` arguments (baseline,
             kl_coef, gamma, ...). A `kl_coef > 0` uses the policy as it was
             when the loop started as the frozen reference.
         contrastive_options: dict. More `ContrastiveTrainer` arguments.
+        dpo_options: dict. `DPOTrainer`'s `beta`, `loss_type`,
+            `label_smoothing` and `reference_policy` (default: the policy
+            as it was when the loop started, frozen; the same in every round).
         monitor: str. The metric for the target and the best round.
             Defaults to `"val_reward"`.
         target: float or None. Stop after the first round whose `monitor`
@@ -234,12 +281,14 @@ class SelfFeedbackLoop:
         epochs_per_round=1,
         rl_steps=40,
         contrastive_steps=40,
+        dpo_steps=40,
         batch_size=32,
         rl_batch_size=16,
         learning_rate=1e-3,
         rl_learning_rate=5e-4,
         rl_options=None,
         contrastive_options=None,
+        dpo_options=None,
         monitor="val_reward",
         target=None,
         mode="max",
@@ -282,6 +331,17 @@ class SelfFeedbackLoop:
             raise ValueError(f"mode must be 'max' or 'min'; got {mode!r}.")
         if not threshold_quantiles or not all(0.0 <= q <= 1.0 for q in threshold_quantiles):
             raise ValueError(f"threshold_quantiles must be in [0, 1]; got {threshold_quantiles}.")
+        dpo_options = dict(dpo_options or {})
+        if "dpo" in methods:
+            unknown = sorted(set(dpo_options) - set(DPO_OPTIONS))
+            if unknown:
+                raise ValueError(f"Unknown dpo_options {unknown}; the loop's DPO takes {list(DPO_OPTIONS)}.")
+            check_dpo_settings(**{k: v for k, v in dpo_options.items() if k != "reference_policy"})
+            if num_samples < 2 or dpo_steps < 1:
+                raise ValueError(
+                    f"The 'dpo' method needs num_samples >= 2 (a best and a worst candidate) and "
+                    f"dpo_steps >= 1; got num_samples={num_samples}, dpo_steps={dpo_steps}."
+                )
         self.generator = generator
         self.policy = policy
         self.tokenizer = tokenizer
@@ -299,12 +359,14 @@ class SelfFeedbackLoop:
         self.epochs_per_round = epochs_per_round
         self.rl_steps = rl_steps
         self.contrastive_steps = contrastive_steps
+        self.dpo_steps = dpo_steps
         self.batch_size = batch_size
         self.rl_batch_size = rl_batch_size
         self.learning_rate = learning_rate
         self.rl_learning_rate = rl_learning_rate
         self.rl_options = dict(rl_options or {})
         self.contrastive_options = dict(contrastive_options or {})
+        self.dpo_options = dpo_options
         self.monitor = monitor
         self.target = target
         self.mode = mode
@@ -515,7 +577,7 @@ class SelfFeedbackLoop:
 
     def _stream(self, round_index, epoch, method):
         """RL / contrastive data: shuffled training rows, seeded by round and epoch."""
-        salt = {"rl": 1, "contrastive": 2}[method]
+        salt = {"rl": 1, "contrastive": 2}[method]  # "dpo" uses 3 (`_dpo`)
         order = epoch_order(len(self.train_packed), (self.seed * 1000 + round_index) * 10 + salt, epoch)
         rows = self.train_packed[order].astype(np.int32)
         return tf.data.Dataset.from_tensor_slices(rows).repeat().batch(self.rl_batch_size, drop_remainder=True)
@@ -578,6 +640,40 @@ class SelfFeedbackLoop:
             epochs, steps_per_epoch=steps, reseed=self._reseeder(trainer, round_index),
         )
         return {"steps": epochs * steps, "loss": result["history"]["loss"][-1]}
+
+    def _dpo(self, round_index, rows, candidates, rewards):
+        """One round of DPO on the (best, worst) candidate pairs of the round."""
+        chosen, rejected = preference_pairs(rewards, self.num_samples)
+        info = {"pairs": int(len(chosen))}
+        if not len(chosen):
+            return {**info, "skipped": "every prompt's candidates tie"}
+        pairs = np.concatenate([rows[chosen, : self.prompt_length], candidates[chosen], candidates[rejected]],
+                               axis=1).astype(np.int32)
+        options = dict(self.dpo_options)
+        # The loop's first policy, fixed for all rounds (TRL's online DPO keeps
+        # its reference model too); not the previous round's policy.
+        reference = options.pop("reference_policy", None)
+        if reference is None:
+            reference = self._reference_policy()
+
+        def build():
+            trainer = DPOTrainer(self.policy, self.prompt_length, self.max_new_tokens,
+                                 reference_policy=reference, **options)
+            trainer.compile(optimizer=keras.optimizers.Adam(self.rl_learning_rate, clipnorm=1.0))
+            return trainer
+
+        trainer = self._trainer("dpo", round_index, build)
+
+        def epoch_data(epoch):
+            order = epoch_order(len(pairs), (self.seed * 1000 + round_index) * 10 + 3, epoch)
+            dataset = tf.data.Dataset.from_tensor_slices(pairs[order]).repeat()
+            return dataset.batch(self.rl_batch_size, drop_remainder=True)
+
+        epochs, steps = self._chunks(self.dpo_steps)
+        result = self._fit(trainer, round_index, "dpo", epoch_data, epochs, steps_per_epoch=steps)
+        history = result["history"]
+        return {**info, "steps": epochs * steps, "loss": history["loss"][-1],
+                "margin": history["rewards/margins"][-1], "accuracy": history["rewards/accuracies"][-1]}
 
     # -- the loop ---------------------------------------------------------
 
@@ -653,16 +749,15 @@ class SelfFeedbackLoop:
             reset_seed_generators(self.policy, self.seed * 1000 + round_index)
             record = {"round": round_index}
             before = [w.numpy() for w in self.policy.weights]  # the previous round's policy
-            if "filtered" in self.methods:
+            if "filtered" in self.methods or "dpo" in self.methods:
                 rows, candidates, rewards = self._candidates(round_index)
+                record.update(candidates=int(len(rewards)), candidate_reward_mean=float(rewards.mean()))
+            if "filtered" in self.methods:
                 quantile = self.threshold_quantiles[min(round_index - 1, len(self.threshold_quantiles) - 1)]
                 floor = thresholds[round_index - 2] if round_index > 1 else self.min_reward
                 threshold = rising_thresholds([rewards], [quantile], floor=floor)[0]
                 thresholds = thresholds[: round_index - 1] + [threshold]
-                record.update(
-                    threshold=threshold, candidates=int(len(rewards)),
-                    candidate_reward_mean=float(rewards.mean()),
-                )
+                record["threshold"] = threshold
             for method in self.methods:
                 if self._stopped:  # a callback stopped training: skip the rest
                     break
@@ -670,6 +765,8 @@ class SelfFeedbackLoop:
                     record["filtered"] = self._filtered(round_index, rows, candidates, rewards, threshold)
                 elif method == "rl":
                     record["rl"] = self._rl(round_index)
+                elif method == "dpo":
+                    record["dpo"] = self._dpo(round_index, rows, candidates, rewards)
                 else:
                     record["contrastive"] = self._contrastive(round_index)
             if self._stopped:

@@ -132,15 +132,8 @@ def build_policy(config, vocab_size, tokenizer=None):
     `enable_lora`.
     """
     if config.preset:
-        policy = CausalLMPolicy.from_preset(config.preset, tokenizer)
-        context = getattr(policy.backbone, "max_sequence_length", None)
-        needed = config.prompt_length + config.response_length
-        if context is not None and needed > context:
-            raise ValueError(
-                f"The preset {config.preset} has {context} positions, fewer than prompt_length + "
-                f"response_length = {needed}; lower them in the config."
-            )
-        return policy
+        check_preset_positions(config)
+        return CausalLMPolicy.from_preset(config.preset, tokenizer)
     if config.model == "lstm":
         return PolicyNetwork(
             vocab_size,
@@ -158,6 +151,25 @@ def build_policy(config, vocab_size, tokenizer=None):
         max_sequence_length=config.prompt_length + config.response_length,
         seed=config.seed,
     )
+
+
+def check_preset_positions(config):
+    """Refuses a preset whose model has fewer positions than `prompt_length + response_length`.
+
+    Reads the backbone's `max_sequence_length` from the preset's
+    `config.json` (models without one, RoPE models such as Llama, pass).
+    """
+    try:
+        with open(os.path.join(config.preset, "config.json"), encoding="utf-8") as f:
+            context = json.load(f).get("config", {}).get("max_sequence_length")
+    except (OSError, ValueError, AttributeError):
+        return  # not readable here: loading the preset names the problem
+    needed = config.prompt_length + config.response_length
+    if isinstance(context, int) and needed > context:
+        raise ValueError(
+            f"The preset {config.preset} has {context} positions, fewer than prompt_length + "
+            f"response_length = {needed}; lower them in the config."
+        )
 
 
 def enable_lora(config, policy):
@@ -258,9 +270,10 @@ def make_reward(config, tokenizer, reference_policy):
 def build_loop(config, policy, tokenizer, train, validation, verbose=None, callbacks=()):
     """The `SelfFeedbackLoop` of a run, from its config; `callbacks` go to every round's `fit`.
 
-    The KL reference (and the `"article"` reward's language model) is the
-    policy as it is now, after MLE: with LoRA on, the same model with LoRA
-    switched off (`policy.reference()`), otherwise a frozen copy.
+    The KL reference (also the `"dpo"` reference, and the `"article"`
+    reward's language model) is the policy as it is now, after MLE: with
+    LoRA on, the same model with LoRA switched off (`policy.reference()`),
+    otherwise a frozen copy.
     """
     reference = policy.reference() if config.lora_rank else frozen_copy(policy)
     methods = tuple(m.strip() for m in config.feedback_methods.split(","))
@@ -283,6 +296,7 @@ def build_loop(config, policy, tokenizer, train, validation, verbose=None, callb
         epochs_per_round=config.filter_epochs,
         rl_steps=config.rl_steps,
         contrastive_steps=config.rl_steps,
+        dpo_steps=config.rl_steps,
         batch_size=config.batch_size,
         rl_batch_size=config.rl_batch_size,
         learning_rate=config.filter_learning_rate,
@@ -294,6 +308,7 @@ def build_loop(config, policy, tokenizer, train, validation, verbose=None, callb
             "gamma": config.rl_gamma,
             "include_greedy": config.rl_include_greedy,
         },
+        dpo_options={"beta": config.dpo_beta, "loss_type": config.dpo_loss_type, "reference_policy": reference},
         monitor=config.feedback_monitor,
         target=config.feedback_target,
         mode="min" if config.feedback_monitor == "val_perplexity" else "max",
@@ -356,6 +371,7 @@ def _run_train(config, verbose, fresh, callbacks=()):
     kind = _check_run_directory(config, fresh, fingerprint)
     if config.preset:
         tokenizer = PresetTokenizer.from_preset(config.preset)
+        check_preset_positions(config)
     else:
         texts = [text for pair in train for text in pair]
         tokenizer = train_tokenizer(texts, config.tokenizer, config.vocabulary_size)

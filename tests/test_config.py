@@ -55,9 +55,9 @@ BAD = [
     ({"model": "gemma"}, "model", "one of ['lstm', 'gpt2', 'llama']"),
     ({"model": "GPT2"}, "model", "one of ['lstm', 'gpt2', 'llama']"),
     ({"feedback_monitor": "val_loss"}, "feedback_monitor", "one of ['val_rouge_l'"),
-    ({"feedback_methods": "rl,ppo"}, "feedback_methods", "'rl', 'filtered' and/or 'contrastive'"),
-    ({"feedback_methods": ""}, "feedback_methods", "'rl', 'filtered' and/or 'contrastive'"),
-    ({"feedback_methods": "rl,"}, "feedback_methods", "'rl', 'filtered' and/or 'contrastive'"),
+    ({"feedback_methods": "rl,ppo"}, "feedback_methods", "'rl', 'filtered', 'contrastive' and/or 'dpo'"),
+    ({"feedback_methods": ""}, "feedback_methods", "'rl', 'filtered', 'contrastive' and/or 'dpo'"),
+    ({"feedback_methods": "rl,"}, "feedback_methods", "'rl', 'filtered', 'contrastive' and/or 'dpo'"),
     # integers
     ({"prompt_length": 2}, "prompt_length", ">= 3"),
     ({"response_length": 1}, "response_length", ">= 2"),
@@ -107,13 +107,26 @@ BAD = [
     ({"model": "gpt2", "hidden_dim": 30, "num_heads": 4}, "num_heads", "must divide hidden_dim (30)"),
     ({"model": "llama", "hidden_dim": 64, "num_heads": 5}, "num_heads", "must divide hidden_dim (64)"),
     ({"lora_rank": 2}, "lora_rank", "must be 0 for model 'lstm'"),
-    ({"rl_steps": 0}, "rl_steps", ">= 1 for the 'rl'/'contrastive' methods"),
+    ({"preset": 3}, "preset", "must be a string or null"),
+    ({"preset": ""}, "preset", "empty string"),
+    ({"preset": "presets/gpt2", "model": "llama"}, "preset", "'preset' and 'model' exclude each other"),
+    ({"preset": "presets/gpt2", "vocabulary_size": 100}, "preset", "own tokenizer"),
+    ({"rl_steps": 0}, "rl_steps", ">= 1 for the 'rl'/'contrastive'/'dpo' methods"),
     ({"rl_steps": 0, "feedback_methods": "contrastive"}, "rl_steps", ">= 1 for the 'rl'/'contrastive'"),
+    ({"rl_steps": 0, "feedback_methods": "dpo"}, "rl_steps", ">= 1 for the 'rl'/'contrastive'/'dpo'"),
     ({"rl_baseline": "self_critical"}, "rl_include_greedy", "needs rl_samples >= 2"),
     ({"rl_samples": 1}, "rl_include_greedy", "needs rl_samples >= 2"),
     ({"rl_samples": 1, "rl_include_greedy": False}, "rl_samples", ">= 2 for rl_baseline 'rloo'"),
     ({"rl_samples": 1, "rl_include_greedy": False, "rl_baseline": "none", "feedback_methods": "contrastive"},
      "rl_samples", ">= 2 for the 'contrastive' method"),
+    ({"rl_samples": 1, "rl_include_greedy": False, "rl_baseline": "none", "feedback_methods": "dpo"},
+     "rl_samples", ">= 2 for the 'dpo' method"),
+    # DPO
+    ({"dpo_beta": 0.0}, "dpo_beta", "> 0"),
+    ({"dpo_beta": -0.1}, "dpo_beta", "> 0"),
+    ({"dpo_beta": math.inf}, "dpo_beta", "finite"),
+    ({"dpo_beta": "strong"}, "dpo_beta", "must be a number"),
+    ({"dpo_loss_type": "hinge"}, "dpo_loss_type", "one of ['sigmoid', 'ipo']"),
 ]
 
 
@@ -162,7 +175,10 @@ def test_every_field_has_a_refused_case():
         {"rl_steps": 0, "feedback_methods": "filtered"},
         {"rl_steps": 0, "feedback_rounds": 0},
         {"feedback_methods": " rl , filtered ,contrastive"},
+        {"feedback_methods": "filtered,dpo", "dpo_beta": 0.5, "dpo_loss_type": "ipo"},
+        {"dpo_beta": 1, "rl_samples": 1, "feedback_methods": "filtered"},  # nothing pairs candidates
         {"model": "gpt2", "hidden_dim": 64, "num_heads": 8, "lora_rank": 4},
+        {"preset": "presets/gpt2", "lora_rank": 4},
         {"model": "llama", "hidden_dim": 32, "num_heads": 2},
         {"hidden_dim": 30, "num_heads": 4},  # the LSTM has no heads
     ],
@@ -236,6 +252,9 @@ def test_allowed_names_match_the_code_that_uses_them():
     assert set(config_module.METHODS) == set(loop.METHODS)
     assert set(config_module.STRATEGIES) == set(distribute.STRATEGIES)
     assert set(config_module._CHOICES["contrastive_mode"]) == set(MODES)
+    from keras_selffb.training.dpo_trainer import LOSS_TYPES
+
+    assert set(config_module.DPO_LOSS_TYPES) == set(LOSS_TYPES)
     from keras_selffb.pipeline import POLICY_KINDS
 
     assert set(config_module.MODELS) == set(POLICY_KINDS)

@@ -198,7 +198,7 @@ def test_rl_and_contrastive_rounds_train_the_policy(tmp_path):
 
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="Unknown loop method"):
-        make_loop(methods="dpo")
+        make_loop(methods="ppo")
     with pytest.raises(ValueError, match="needs training pairs"):
         SelfFeedbackLoop(PolicyNetwork(TOKENIZER.vocabulary_size, 8, 8), TOKENIZER, ShareOfA(), [], VALIDATION, P, R)
     with pytest.raises(ValueError, match="Vocabulary mismatch"):

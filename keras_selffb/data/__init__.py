@@ -1,4 +1,4 @@
-"""Data: file loaders and the embedded dialogue corpus."""
+"""Data: file loaders, the embedded dialogue corpus and preference triples."""
 
 from keras_selffb.data.loaders import (
     DATA_EXTENSIONS,
@@ -10,3 +10,4 @@ from keras_selffb.data.loaders import (
     load_tsv,
     split_pairs,
 )
+from keras_selffb.data.preferences import load_preferences, pack_preferences

@@ -4,6 +4,7 @@ from keras_selffb.training.losses import global_sum, response_token_nll, split_p
 from keras_selffb.training.mle_trainer import MLETrainer, unigram_perplexity, weighted_rows
 from keras_selffb.training.trackers import RatioTracker
 from keras_selffb.training.reinforce_trainer import ReinforceTrainer
+from keras_selffb.training.dpo_trainer import DPOTrainer, dpo_loss, sequence_log_probs
 from keras_selffb.training.contrastive import (
     feature_distance,
     margin_loss,

@@ -7,18 +7,26 @@ The article's section 3.1/4.1 made to learn. Per batch of packed
    with `include_greedy=True` the K-th candidate is the greedy decode;
 2. score them with the reward (any `keras_selffb.rewards.Reward`);
 3. subtract a baseline (RLOO, self-critical, moving average or none),
-   optionally whiten;
+   optionally scale by the reward std (`scale_rewards`) or whiten;
 4. re-score the candidates with one teacher-forced pass (same temperature
    and the same forbidden ids as the sampler) for log-probabilities with
-   gradients, and minimise
+   gradients, and minimise (default options)
 
        L = gamma * [ -mean_i(A_i * sum_t log pi(a_t|s_t))
                      + beta * mean_i(sum_t KL_t) - c_H * mean_t H_t ]
            + (1 - gamma) * L_mle(references)
 
+The GRPO-family options change step 4: `loss_type` picks how token terms
+are normalised (`aggregate_token_loss`), `mask_truncated_completions` and
+`filter_zero_std_groups` leave rows out, and `num_iterations > 1` makes
+one step do that many optimizer updates on the same rollouts with PPO's
+clipped ratio (`clipped_surrogate`) in place of `log pi`.
+
 All means are over the GLOBAL batch (counts all-reduced across replicas), so
 one step on N replicas equals one step on one device.
 """
+
+import numbers
 
 import keras
 import tensorflow as tf
@@ -31,18 +39,26 @@ from keras_selffb.models.generation import (
     special_token_bias,
 )
 from keras_selffb.models.policy_network import frozen_copy
+from keras_selffb.text.tokenizer import EOS_ID, PAD_ID
 from keras_selffb.training.baselines import (
     BASELINES,
     KL_ESTIMATORS,
+    LOSS_TYPES,
+    REWARD_SCALINGS,
+    STD_EPSILON,
     adaptive_kl_coefficient,
+    aggregate_token_loss,
+    clipped_surrogate,
+    group_std,
     kl_estimate,
     rloo_advantages,
     self_critical_advantages,
     token_entropy,
+    zero_spread_groups,
     zero_variance_fraction,
 )
 from keras_selffb.training.losses import global_sum, response_token_nll, split_packed
-from keras_selffb.training.trackers import RatioTracker, StdTracker, step_logs
+from keras_selffb.training.trackers import MinMaxTracker, RatioTracker, StdTracker, step_logs
 
 
 class ReinforceTrainer(keras.Model):
@@ -86,7 +102,47 @@ class ReinforceTrainer(keras.Model):
             `"self_critical"` baseline (whose greedy row would always get
             advantage 0). Defaults to `False`; see docs/reinforce.md for
             what it changed on the embedded corpus.
+        num_iterations: int. Optimizer updates per sampled batch (GRPO's
+            mu, TRL's `num_iterations`). Above 1 the policy term becomes
+            PPO's clipped objective `min(r_t A, clip(r_t, 1 - epsilon,
+            1 + epsilon_high) A)` with `r_t` the ratio to the policy that
+            sampled. Defaults to `1` (plain REINFORCE, no ratio).
+        epsilon: float. Lower clip range of the ratio. Defaults to `0.2`.
+        epsilon_high: float or None. Upper clip range (DAPO's clip-higher).
+            Defaults to `None`: `epsilon`.
+        loss_type: str. How token terms are normalised:
+            `"sequence_sum"` (sum over a sequence, mean over sequences),
+            `"grpo"` (mean over a sequence's tokens, then over sequences),
+            `"dapo"` (mean over all tokens of the global batch) or
+            `"dr_grpo"` (sum / (sequences * max_new_tokens)). Defaults to
+            `"sequence_sum"`.
+        scale_rewards: str. Divide advantages by the reward std (Bessel-
+            corrected) + 1e-4: `"group"` (of the prompt's K rewards),
+            `"batch"` (of the global batch) or `"none"`. Defaults to
+            `"none"`.
+        mask_truncated_completions: bool. Leave candidates without an EOS
+            out of the RL loss and its normalisation. Defaults to `False`.
+        filter_zero_std_groups: bool. Leave prompts whose K rewards are all
+            equal out of the RL loss and its normalisation (DAPO's dynamic
+            sampling filter, without the re-sampling). Defaults to `False`.
         seed: int or None. Seeds the sampler. Defaults to `None`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_selffb.models import PolicyNetwork
+    >>> from keras_selffb.rewards.base import Reward
+    >>> class Short(Reward):
+    ...     def call(self, prompts, candidates, references):
+    ...         return -tf.reduce_sum(tf.cast(candidates > 0, "float32"), axis=1)
+    >>> trainer = ReinforceTrainer(PolicyNetwork(8, 4, 4), Short(), prompt_length=3,
+    ...                            max_new_tokens=4, num_samples=2, num_iterations=2,
+    ...                            loss_type="dapo", scale_rewards="group", seed=0)
+    >>> trainer.compile(optimizer="sgd")
+    >>> logs = trainer.fit(np.array([[1, 5, 4, 6, 2, 0, 0]]), epochs=1, verbose=0).history
+    >>> sorted(k for k in logs if k.startswith(("completion", "clip", "trunc")))
+    ['clip_ratio', 'completion_length_max', 'completion_length_mean',
+     'completion_length_min', 'truncated_ratio']
     """
 
     def __init__(
@@ -108,6 +164,13 @@ class ReinforceTrainer(keras.Model):
         gamma=1.0,
         entropy_coef=0.0,
         include_greedy=False,
+        num_iterations=1,
+        epsilon=0.2,
+        epsilon_high=None,
+        loss_type="sequence_sum",
+        scale_rewards="none",
+        mask_truncated_completions=False,
+        filter_zero_std_groups=False,
         seed=None,
         **kwargs,
     ):
@@ -139,6 +202,8 @@ class ReinforceTrainer(keras.Model):
             raise ValueError(f"target_kl must be > 0; got {target_kl}.")
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1; got {max_new_tokens}.")
+        check_grpo_options(num_iterations, epsilon, epsilon_high, loss_type, scale_rewards,
+                           whiten, filter_zero_std_groups, num_samples)
         self.policy = policy
         self.reward = reward
         self.prompt_length = prompt_length
@@ -153,6 +218,13 @@ class ReinforceTrainer(keras.Model):
         self.gamma = gamma
         self.entropy_coef = entropy_coef
         self.include_greedy = bool(include_greedy)
+        self.num_iterations = int(num_iterations)
+        self.epsilon = float(epsilon)
+        self.epsilon_high = float(epsilon if epsilon_high is None else epsilon_high)
+        self.loss_type = loss_type
+        self.scale_rewards = scale_rewards
+        self.mask_truncated_completions = bool(mask_truncated_completions)
+        self.filter_zero_std_groups = bool(filter_zero_std_groups)
         sampler_kwargs = {"temperature": self.temperature}
         if seed is not None:
             sampler_kwargs["seed"] = seed
@@ -190,11 +262,19 @@ class ReinforceTrainer(keras.Model):
         self._bias = special_token_bias(policy.vocab_size)
         # Every logged value is a metric whose state is sums, so Keras reads
         # the exact global value at epoch end under a distribution strategy.
+        # `zero_variance_groups` is TRL's `frac_reward_zero_std`,
+        # `completion_length_*` its `completions/{mean,min,max}_length`,
+        # `truncated_ratio` its `completions/clipped_ratio` and `clip_ratio`
+        # its `clip_ratio/region_mean`.
         names = ["loss", "reward", "kl", "kl_coef", "entropy", "candidate_length",
-                 "zero_variance_groups"] + (["mle_loss"] if gamma < 1.0 else [])
+                 "zero_variance_groups", "clip_ratio", "completion_length_mean",
+                 "truncated_ratio"] + (["mle_loss"] if gamma < 1.0 else [])
         self._trackers = {name: RatioTracker(name=name) for name in names}
         self._trackers["reward_std"] = StdTracker(name="reward_std")
         self._trackers["advantage_std"] = StdTracker(name="advantage_std")
+        for extreme in ("min", "max"):
+            name = f"completion_length_{extreme}"
+            self._trackers[name] = MinMaxTracker(max_new_tokens, extreme=extreme, name=name)
         self._component_trackers = {
             name: RatioTracker(name=f"reward/{name}") for name in reward.component_names()
         }
@@ -259,6 +339,13 @@ class ReinforceTrainer(keras.Model):
             self.baseline_steps.assign_add(1.0)
         else:
             advantages = rewards
+        if self.scale_rewards == "group":
+            advantages = advantages / (group_std(rewards, self.num_samples) + STD_EPSILON)
+        elif self.scale_rewards == "batch":
+            count = global_sum(tf.cast(tf.size(rewards), tf.float32))
+            mean = global_sum(tf.reduce_sum(rewards)) / count
+            variance = global_sum(tf.reduce_sum(tf.square(rewards - mean))) / tf.maximum(count - 1.0, 1.0)
+            advantages = advantages / (tf.sqrt(variance) + STD_EPSILON)
         if self.whiten:
             count = global_sum(tf.cast(tf.size(advantages), tf.float32))
             mean = global_sum(tf.reduce_sum(advantages)) / count
@@ -276,11 +363,12 @@ class ReinforceTrainer(keras.Model):
             nll = keras.losses.sparse_categorical_crossentropy(candidates, logits, from_logits=True) * mask
         return -nll, mask, logits
 
-    def compute_losses(self, batch, candidates=None):
-        """The loss for one packed batch and the values logged with it.
+    def rollout(self, batch, candidates=None):
+        """Samples, scores and fixes everything the updates of one step share.
 
-        `candidates` `[B * K, N]` (prompt-major) skips sampling: for
-        precomputed candidates and for exact tests.
+        No gradient flows through any of it. `candidates` `[B * K, N]`
+        (prompt-major) skips sampling: for precomputed candidates and for
+        exact tests. Returns a dict of tensors read by `policy_loss`.
         """
         prompt_ids, references = split_packed(batch, self.prompt_length)
         if candidates is None:
@@ -292,88 +380,203 @@ class ReinforceTrainer(keras.Model):
         components, rewards = self.score(prompts, candidates, repeated_refs)
         advantages = self.advantages(prompt_ids, references, rewards)
 
+        mask = tf.cast(tf.not_equal(candidates, PAD_ID), tf.float32)
+        truncated = 1.0 - tf.reduce_max(tf.cast(tf.equal(candidates, EOS_ID), tf.float32), axis=1)
+        # Rows left out of the RL loss and of every count that normalises it.
+        keep = tf.ones_like(rewards)
+        if self.mask_truncated_completions:
+            keep *= 1.0 - truncated
+        if self.filter_zero_std_groups:
+            keep *= tf.repeat(1.0 - zero_spread_groups(rewards, self.num_samples), self.num_samples)
+        weights = mask * keep[:, None]
         rows = tf.cast(tf.shape(candidates)[0], tf.float32)
-        global_rows = global_sum(rows)
-        # Dropout off when re-scoring: the gradient is for the policy that sampled.
-        logp, mask, logits = self._log_probs(self.policy, prompts, candidates, training=False)
-        tokens = tf.reduce_sum(mask)
-        global_tokens = tf.maximum(global_sum(tokens), 1.0)
-        sequence_logp = tf.reduce_sum(logp, axis=1)
-        pg_loss = -tf.reduce_sum(advantages * sequence_logp) / global_rows
-
-        kl_sum = tf.constant(0.0)
-        rl_loss = pg_loss
+        out = {
+            "prompt_ids": prompt_ids,
+            "references": references,
+            "prompts": prompts,
+            "candidates": candidates,
+            "components": components,
+            "rewards": rewards,
+            "advantages": advantages,
+            "truncated": truncated,
+            "weights": weights,
+            "rows": rows,
+            "global_rows": global_sum(rows),
+            "kept_rows": global_sum(tf.reduce_sum(keep)),
+            "kept_tokens": global_sum(tf.reduce_sum(weights)),
+        }
         if self.reference_policy is not None:
             ref_logp, _, _ = self._log_probs(self.reference_policy, prompts, candidates, training=False)
-            per_token = kl_estimate(logp, tf.stop_gradient(ref_logp), self.kl_estimator) * mask
+            out["ref_logp"] = tf.stop_gradient(ref_logp)
+        return out
+
+    def policy_loss(self, rollout, old_logp=None):
+        """The loss of one update on `rollout` and the values logged with it.
+
+        `old_logp` `(B * K, N)`: the sampled tokens' log-probabilities under
+        the policy that sampled them, for the clipped ratio of the updates
+        after the first (`num_iterations > 1`); `None` means the current
+        policy (ratio 1 in value, the policy gradient in gradient).
+        """
+        r = rollout
+        global_rows = r["global_rows"]
+        weights = r["weights"]
+        # Dropout off when re-scoring: the gradient is for the policy that sampled.
+        logp, mask, logits = self._log_probs(self.policy, r["prompts"], r["candidates"], training=False)
+
+        def aggregate(per_token):
+            return aggregate_token_loss(per_token, weights, self.loss_type, r["kept_rows"],
+                                        r["kept_tokens"], self.max_new_tokens)
+
+        advantages = r["advantages"]
+        clipped_tokens = tf.constant(0.0)
+        if self.num_iterations > 1:
+            reference = tf.stop_gradient(logp) if old_logp is None else old_logp
+            objective, clipped = clipped_surrogate(
+                logp, reference, advantages, self.epsilon, self.epsilon_high
+            )
+            clipped_tokens = tf.reduce_sum(clipped * weights)
+        else:
+            # REINFORCE: A * log pi, whose gradient is that of the ratio at 1.
+            objective = advantages[:, None] * logp
+        rl_loss = -aggregate(objective)
+
+        kl_sum = tf.constant(0.0)
+        if self.reference_policy is not None:
+            per_token = kl_estimate(logp, r["ref_logp"], self.kl_estimator) * mask
             kl_sum = tf.reduce_sum(per_token)
-            rl_loss += self.kl_coef * kl_sum / global_rows
-        entropy_sum = tf.reduce_sum(token_entropy(logits) * mask)
+            rl_loss += self.kl_coef * aggregate(per_token)
+        entropy = token_entropy(logits) * mask
+        entropy_sum = tf.reduce_sum(entropy)
         if self.entropy_coef > 0:
-            rl_loss -= self.entropy_coef * entropy_sum / global_tokens
+            kept_entropy = tf.reduce_sum(entropy * weights)
+            rl_loss -= self.entropy_coef * kept_entropy / tf.maximum(r["kept_tokens"], 1.0)
 
         mle_sum, mle_tokens = tf.constant(0.0), tf.constant(0.0)
         loss = rl_loss
         if self.gamma < 1.0:
-            nll, mle_mask, _ = response_token_nll(self.policy, prompt_ids, references, training=True)
+            nll, mle_mask, _ = response_token_nll(
+                self.policy, r["prompt_ids"], r["references"], training=True
+            )
             mle_sum, mle_tokens = tf.reduce_sum(nll), tf.reduce_sum(mle_mask)
             mle_loss = mle_sum / tf.maximum(global_sum(mle_tokens), 1.0)
             loss = self.gamma * rl_loss + (1.0 - self.gamma) * mle_loss
         logs = {
-            "rows": rows,
             "loss_local": loss * global_rows,
-            "rewards": rewards,
-            "advantages": advantages,
-            "components": components,
+            "logp": tf.stop_gradient(logp),
             "kl_sum": kl_sum,
             "entropy_sum": entropy_sum,
-            "tokens": tokens,
+            "tokens": tf.reduce_sum(mask),
+            "clipped_tokens": clipped_tokens,
+            "kept_tokens_local": tf.reduce_sum(weights),
             "mle": (mle_sum, mle_tokens),
         }
         if self.target_kl is not None:
             logs["global_kl"] = global_sum(tf.stop_gradient(kl_sum)) / global_rows
         return loss, logs
 
+    def compute_losses(self, batch, candidates=None, old_logp=None):
+        """The loss of the first update for one packed batch, and its logs.
+
+        `rollout` then `policy_loss`; the logs hold both's values.
+        `candidates` `[B * K, N]` (prompt-major) skips sampling: for
+        precomputed candidates and for exact tests; `old_logp` as in
+        `policy_loss`.
+        """
+        rollout = self.rollout(batch, candidates)
+        loss, logs = self.policy_loss(rollout, old_logp)
+        return loss, {**rollout, **logs}
+
     # -- Keras hooks ----------------------------------------------------------
 
     def train_step(self, data):
         batch = data[0] if isinstance(data, tuple) else data
-        with tf.GradientTape() as tape:
-            loss, logs = self.compute_losses(batch)
+        rollout = self.rollout(batch)
         variables = self.policy.trainable_variables
-        # Every replica must issue its all-reduces in the same order: the
-        # KL all-reduce goes before the gradients' one, not racing it.
-        with tf.control_dependencies([logs.get("global_kl", loss)]):
-            gradients = tape.gradient(loss, variables)
-        self.optimizer.apply(gradients, variables)
-        self.last_rewards.assign(logs["rewards"])
-        self.last_advantages.assign(logs["advantages"])
+        old_logp, first_logs = None, None
+        # A Python loop: `num_iterations` is small and fixed, so the traced
+        # step holds that many updates in order (each reads the weights the
+        # previous one wrote).
+        for _ in range(self.num_iterations):
+            with tf.GradientTape() as tape:
+                loss, logs = self.policy_loss(rollout, old_logp)
+            # Every replica must issue its all-reduces in the same order: the
+            # KL all-reduce goes before the gradients' one, not racing it.
+            with tf.control_dependencies([logs.get("global_kl", loss)]):
+                gradients = tape.gradient(loss, variables)
+            self.optimizer.apply(gradients, variables)
+            if first_logs is None:
+                # The ratio's denominator stays the sampling policy's.
+                old_logp, first_logs = logs["logp"], logs
+            self._update_loss_trackers(rollout, logs)
+        self.last_rewards.assign(rollout["rewards"])
+        self.last_advantages.assign(rollout["advantages"])
         if self.target_kl is not None:
-            self.kl_coef.assign(adaptive_kl_coefficient(self.kl_coef, logs["global_kl"], self.target_kl))
-        return self._update_trackers(logs)
+            # The controller reads the KL of the policy that sampled.
+            self.kl_coef.assign(
+                adaptive_kl_coefficient(self.kl_coef, first_logs["global_kl"], self.target_kl)
+            )
+        return self._update_rollout_trackers(rollout, first_logs)
 
     def test_step(self, data):
         batch = data[0] if isinstance(data, tuple) else data
-        _, logs = self.compute_losses(batch)
-        return self._update_trackers(logs)
+        rollout = self.rollout(batch)
+        _, logs = self.policy_loss(rollout)
+        self._update_loss_trackers(rollout, logs)
+        return self._update_rollout_trackers(rollout, logs)
 
-    def _update_trackers(self, logs):
-        t, rows = self._trackers, logs["rows"]
-        rewards = logs["rewards"]
+    def _update_loss_trackers(self, rollout, logs):
+        """Values of one update (averaged over the step's `num_iterations`)."""
+        t, rows = self._trackers, rollout["rows"]
         t["loss"].update_state(logs["loss_local"], rows)
+        t["kl"].update_state(logs["kl_sum"], rows)
+        t["entropy"].update_state(logs["entropy_sum"], logs["tokens"])
+        t["clip_ratio"].update_state(logs["clipped_tokens"], logs["kept_tokens_local"])
+        if "mle_loss" in t:
+            t["mle_loss"].update_state(*logs["mle"])
+
+    def _update_rollout_trackers(self, rollout, logs):
+        """Values of the sampled batch (once a step), then the step's logs."""
+        t, rows = self._trackers, rollout["rows"]
+        rewards = rollout["rewards"]
         t["reward"].update_state(tf.reduce_sum(rewards), rows)
         t["reward_std"].update_state(rewards)
-        t["advantage_std"].update_state(logs["advantages"])
-        t["kl"].update_state(logs["kl_sum"], rows)
+        t["advantage_std"].update_state(rollout["advantages"])
         t["kl_coef"].update_state(self.kl_coef * rows, rows)
-        t["entropy"].update_state(logs["entropy_sum"], logs["tokens"])
         t["candidate_length"].update_state(logs["tokens"], rows)
+        t["completion_length_mean"].update_state(logs["tokens"], rows)
+        lengths = tf.reduce_sum(tf.cast(tf.not_equal(rollout["candidates"], PAD_ID), tf.int32), axis=1)
+        t["completion_length_min"].update_state(lengths)
+        t["completion_length_max"].update_state(lengths)
+        t["truncated_ratio"].update_state(tf.reduce_sum(rollout["truncated"]), rows)
         groups = rows / self.num_samples
         t["zero_variance_groups"].update_state(
             tf.math.multiply_no_nan(zero_variance_fraction(rewards, self.num_samples), groups), groups
         )
-        if "mle_loss" in t:
-            t["mle_loss"].update_state(*logs["mle"])
-        for name, value in logs["components"].items():
+        for name, value in rollout["components"].items():
             self._component_trackers[name].update_state(tf.reduce_sum(value), rows)
         return step_logs(self.metrics, self.distribute_strategy)
+
+
+def check_grpo_options(num_iterations, epsilon, epsilon_high, loss_type, scale_rewards,
+                       whiten, filter_zero_std_groups, num_samples):
+    """Raises a one-line ValueError naming the first bad GRPO-family option."""
+    integral = isinstance(num_iterations, numbers.Integral) and not isinstance(num_iterations, bool)
+    if not integral or num_iterations < 1:
+        raise ValueError(f"num_iterations must be an int >= 1; got {num_iterations!r}.")
+    if not 0.0 < epsilon < 1.0:
+        raise ValueError(f"epsilon must be in (0, 1); got {epsilon}.")
+    if epsilon_high is not None and epsilon_high <= 0.0:
+        raise ValueError(f"epsilon_high must be > 0 (or None for epsilon); got {epsilon_high}.")
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"Unknown loss_type {loss_type!r}; choose one of {LOSS_TYPES}.")
+    if scale_rewards not in REWARD_SCALINGS:
+        raise ValueError(f"Unknown scale_rewards {scale_rewards!r}; choose one of {REWARD_SCALINGS}.")
+    if scale_rewards != "none" and whiten:
+        raise ValueError(
+            f"scale_rewards={scale_rewards!r} and whiten=True both rescale the advantages; use one."
+        )
+    if (scale_rewards == "group" or filter_zero_std_groups) and num_samples < 2:
+        raise ValueError(
+            f"scale_rewards='group' and filter_zero_std_groups need num_samples >= 2; got {num_samples}."
+        )

@@ -74,3 +74,52 @@ class StdTracker(keras.metrics.Metric):
         mean = ops.divide_no_nan(self.total, self.count)
         mean_sq = ops.divide_no_nan(self.total_sq, self.count)
         return ops.sqrt(ops.maximum(mean_sq - ops.square(mean), 0.0))
+
+
+@keras.saving.register_keras_serializable(package="keras_selffb")
+class MinMaxTracker(keras.metrics.Metric):
+    """Tracks the smallest or largest integer in `[0, max_value]` seen in an epoch.
+
+    Keras metric state is combined across replicas by summing, which has no
+    min or max. So the state here is a histogram of counts, one bin per
+    integer: replicas and batches add their counts exactly, and the result
+    reads the first (or last) non-empty bin. Made for lengths and counts.
+
+    Args:
+        max_value: int. Largest value that can occur; larger ones are
+            counted as `max_value`.
+        extreme: str. `"min"` or `"max"`. Defaults to `"max"`.
+
+    Example:
+
+    >>> tracker = MinMaxTracker(max_value=8, extreme="min")
+    >>> tracker.update_state([5, 3, 7])
+    >>> tracker.update_state([4])
+    >>> int(tracker.result())
+    3
+    """
+
+    def __init__(self, max_value, extreme="max", name="max", **kwargs):
+        super().__init__(name=name, **kwargs)
+        if extreme not in ("min", "max"):
+            raise ValueError(f"MinMaxTracker extreme must be 'min' or 'max'; got {extreme!r}.")
+        self.max_value = int(max_value)
+        self.extreme = extreme
+        self.counts = self.add_variable(shape=(self.max_value + 1,), initializer="zeros", name="counts")
+
+    def update_state(self, values):
+        values = ops.clip(ops.cast(ops.reshape(values, (-1,)), "int32"), 0, self.max_value)
+        self.counts.assign_add(ops.sum(ops.one_hot(values, self.max_value + 1, dtype=self.dtype), axis=0))
+
+    def result(self):
+        bins = ops.cast(ops.arange(self.max_value + 1), self.dtype)
+        seen = self.counts > 0
+        if self.extreme == "min":
+            value = ops.min(ops.where(seen, bins, float(self.max_value)))
+        else:
+            value = ops.max(ops.where(seen, bins, 0.0))
+        # An empty tracker reads 0, like the sum-based trackers.
+        return ops.where(ops.any(seen), value, 0.0)
+
+    def get_config(self):
+        return {**super().get_config(), "max_value": self.max_value, "extreme": self.extreme}
