@@ -12,12 +12,13 @@ import pytest
 import tensorflow as tf
 
 from keras_selffb.models import PolicyNetwork
-from keras_selffb.rewards.base import Reward
 from keras_selffb.text import EOS_ID, PAD_ID
 from keras_selffb.training import ReinforceTrainer
 from keras_selffb.training.baselines import aggregate_token_loss, clipped_surrogate
 from keras_selffb.training.trackers import MinMaxTracker
 
+from test_distributed import CountReward  # the shared test rewards
+from test_reinforce import FixedReward
 from conftest import cpu_devices, mirrored_strategy
 
 VOCAB = 10
@@ -46,29 +47,6 @@ CANDIDATES = np.array(
     dtype="int32",
 )
 TRUNCATED = np.array([0, 0, 1, 0, 0, 1], dtype=bool)
-
-
-class FixedReward(Reward):
-    """Returns fixed values per row, whatever the candidates."""
-
-    default_name = "fixed"
-
-    def __init__(self, values, name=None):
-        super().__init__(name)
-        self.values = tf.constant(values, tf.float32)
-
-    def call(self, prompts, candidates, references):
-        return self.values
-
-
-class CountReward(Reward):
-    """Occurrences of tokens 7 and 9, plus a tenth of the first token."""
-
-    default_name = "count"
-
-    def call(self, prompts, candidates, references):
-        hits = tf.equal(candidates, 7) | tf.equal(candidates, 9)
-        return tf.reduce_sum(tf.cast(hits, tf.float32), axis=1) + tf.cast(candidates[:, 0], tf.float32) / 10
 
 
 # Candidates keyed by the prompt's token (5..8): a deterministic "sampler" that

@@ -141,22 +141,35 @@ def load_json(path):
     return _require_examples(pairs, path)
 
 
-def load_tsv(path):
-    """Loads `prompt<TAB>response` lines; an optional header is skipped."""
-    pairs = []
+def read_tsv_rows(path, names, headers):
+    """The stripped fields of each non-blank line of a `.tsv` file, one tuple a line.
+
+    Args:
+        path: str. The file.
+        names: tuple of str. The fields each line must have, in order
+            (named in the error for a line with another count).
+        headers: collection of tuples of lowercase names: a first line
+            equal to one of them is a header and is skipped.
+    """
+    rows = []
     for number, line in enumerate(_read_lines(path), start=1):
         if not line.strip():
             continue
-        fields = line.split("\t")
-        if len(fields) != 2:
+        fields = tuple(f.strip() for f in line.split("\t"))
+        if len(fields) != len(names):
             raise ValueError(
-                f"{path}, line {number}: expected 2 tab-separated fields "
-                f"(prompt, response), found {len(fields)}."
+                f"{path}, line {number}: expected {len(names)} tab-separated fields "
+                f"({', '.join(names)}), found {len(fields)}."
             )
-        if number == 1 and tuple(f.strip().lower() for f in fields) in JSONL_FIELDS:
+        if number == 1 and tuple(f.lower() for f in fields) in headers:
             continue
-        pairs.append((fields[0].strip(), fields[1].strip()))
-    return _require_examples(pairs, path)
+        rows.append(fields)
+    return rows
+
+
+def load_tsv(path):
+    """Loads `prompt<TAB>response` lines; an optional header is skipped."""
+    return _require_examples(read_tsv_rows(path, ("prompt", "response"), JSONL_FIELDS), path)
 
 
 _LOADERS = {".txt": load_text, ".jsonl": load_jsonl, ".json": load_json, ".tsv": load_tsv}

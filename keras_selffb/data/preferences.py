@@ -19,7 +19,7 @@ import warnings
 
 import numpy as np
 
-from keras_selffb.data.loaders import _read_lines, _require_examples
+from keras_selffb.data.loaders import _read_lines, _require_examples, read_tsv_rows
 
 PREFERENCE_FIELDS = ("prompt", "chosen", "rejected")
 PREFERENCE_EXTENSIONS = (".jsonl", ".tsv")
@@ -54,21 +54,7 @@ def _load_jsonl(path):
 
 
 def _load_tsv(path):
-    triples = []
-    for number, line in enumerate(_read_lines(path), start=1):
-        if not line.strip():
-            continue
-        fields = line.split("\t")
-        if len(fields) != 3:
-            raise ValueError(
-                f"{path}, line {number}: expected 3 tab-separated fields (prompt, chosen, rejected), "
-                f"found {len(fields)}."
-            )
-        fields = tuple(f.strip() for f in fields)
-        if number == 1 and tuple(f.lower() for f in fields) == PREFERENCE_FIELDS:
-            continue
-        triples.append(fields)
-    return triples
+    return read_tsv_rows(path, PREFERENCE_FIELDS, (PREFERENCE_FIELDS,))
 
 
 def load_preferences(path):
