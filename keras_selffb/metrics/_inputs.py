@@ -6,6 +6,8 @@ Token ids are "compacted" (valid tokens moved to the front, order kept) so
 every kernel only needs a length per row, whatever the padding side.
 """
 
+import functools
+
 import numpy as np
 import tensorflow as tf
 
@@ -102,7 +104,8 @@ def text_pair_ids(references, hypotheses, tokenize, preprocess=None):
         preprocess: optional callable applied to both string tensors first.
 
     Returns:
-        `(ref_ids, ref_len, hyp_ids, hyp_len)`.
+        `(ref_ids, ref_len, hyp_ids, hyp_len)`: int64 ids `[B, T]` (equal
+        tokens, equal ids; 0 is padding) and int32 lengths `[B]`.
     """
     segmentation.get_segmenter(tokenize)  # unknown names fail first
     refs = segmentation.as_string_batch(references, "references")
@@ -112,9 +115,70 @@ def text_pair_ids(references, hypotheses, tokenize, preprocess=None):
         refs, hyps = tf.identity(refs), tf.identity(hyps)
     if preprocess is not None:
         refs, hyps = preprocess(refs), preprocess(hyps)
-    ref_ids, ref_len = text_ids(refs, tokenize, "references")
-    hyp_ids, hyp_len = text_ids(hyps, tokenize, "hypotheses")
+    segment = segmentation.get_segmenter(tokenize)
+    ref_hash = segmentation.hash_tokens(segment(refs))
+    hyp_hash = segmentation.hash_tokens(segment(hyps))
+    # Equal tokens, equal hashes; `unique` turns them into 1 + the index in
+    # the batch's vocabulary: small ids, so the n-gram kernel can use them
+    # as they are (no rank sort). Hashes are cheaper to gather than strings.
+    num_ref = tf.size(ref_hash.flat_values)
+    _, index = tf.unique(tf.concat([ref_hash.flat_values,
+                                    hyp_hash.flat_values], axis=0),
+                         out_idx=tf.int64)
+    ref_ids = ref_hash.with_flat_values(index[:num_ref] + 1)
+    hyp_ids = hyp_hash.with_flat_values(index[num_ref:] + 1)
+    ref_len = tf.cast(ref_ids.row_lengths(), tf.int32)
+    hyp_len = tf.cast(hyp_ids.row_lengths(), tf.int32)
+    ref_ids, hyp_ids = ref_ids.to_tensor(0), hyp_ids.to_tensor(0)
     return ref_ids, ref_len, hyp_ids, hyp_len
+
+
+_STRINGS = tf.TensorSpec([None], tf.string)
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(function, settings):
+    """One graph per (string function, settings), for any batch size."""
+    kwargs = dict(settings)
+    return tf.function(
+        lambda references, hypotheses: function(references, hypotheses, **kwargs),
+        input_signature=[_STRINGS, _STRINGS], autograph=False)
+
+
+def run_compiled(function, references, hypotheses, **settings):
+    """Run a string metric eagerly as one cached graph; None when not eager.
+
+    Op by op, an eager call pays Python dispatch and ragged bookkeeping for
+    every segmentation and kernel op, and the kernels' own `tf.function`s
+    retrace on each new batch width. Here the inputs are checked and
+    converted in Python (same errors as the graph path), then `function`
+    runs inside a `tf.function` traced once per settings with shape
+    `[None]` inputs, so a new batch size reuses it.
+
+    Args:
+        function: the public string function (`rouge_l`, ...); inside the
+            graph it takes its ordinary graph path.
+        references: strings `[B]`.
+        hypotheses: strings `[B]`.
+        **settings: its other arguments. A callable `tokenize` or an
+            unhashable value (a tensor) keeps the op-by-op path.
+
+    Returns:
+        `function`'s result, or None when the fast path does not apply.
+    """
+    tokenize = settings.get("tokenize")
+    if not tf.executing_eagerly() or not isinstance(tokenize, str):
+        return None
+    key = tuple(sorted(settings.items()))
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    segmentation.get_segmenter(tokenize)  # unknown names fail first
+    refs = segmentation.as_string_batch(references, "references")
+    hyps = segmentation.as_string_batch(hypotheses, "hypotheses")
+    check_batch(refs, hyps, ("references", "hypotheses"))
+    return _compiled(function, key)(refs, hyps)
 
 
 def id_pair(ref_ids, hyp_ids, ref_mask, hyp_mask, pad_id):

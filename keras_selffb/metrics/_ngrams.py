@@ -1,16 +1,34 @@
 """Batched clipped n-gram counts by sorting, exact and XLA-compatible.
 
-Each row's hypothesis and reference are laid end to end (length L). For
-order n every position gets an integer key naming its n-gram: the token id
-(which must lie in [0, 2**62)) for n = 1, then
+The clipped overlap of rouge-score `_score_ngrams` / sacrebleu
+`_compute_segment_statistics` for order n is `sum_g min(c_h, c_r)` over the
+distinct n-grams g of a pair, which is `(sum_g (c_h + c_r) - |c_h - c_r|) / 2`.
+
+Main kernel (`_packed_counts`), one row sort for every order at once. Each
+token becomes a small "digit" >= 1: its id + 1 when every id of the batch
+fits in `62 // max_order` bits (the string functions pass dense vocabulary
+ids), else its dense rank in its row + 1. The hypothesis and the reference
+are laid end to end, each followed by `max_order - 1` zero digits, and
+position p gets the key `digits[p : p + max_order]` packed high to low (a
+zero digit: past the end of its side). Sorting a row's keys (descending,
+the side read from each key's source position) puts equal n-grams of
+every order next to each other, since an n-gram is a key prefix: a new
+order-n group
+starts where the key differs from the previous one in its first n digits.
+One cumulative sum of those starts, all orders packed in one int64 (a field
+of `63 // max_order` bits each), numbers the groups; a segment sum of +1
+(hypothesis) / -1 (reference) per group gives `c_h - c_r`. Positions with
+fewer than n tokens left (a side's last r < n tokens) form groups of their
+own, shared by the two sides only when their last r tokens are equal; they
+are taken back out exactly. Cost: one sort (two with dense ranks) and
+`O(B * L * max_order)` element-wise work.
+
+Fallback (`_chained_counts`, when the padded row, both sides and gaps, has
+2**(62 // max_order) positions or more):
+for order n the key is the token id for n = 1, then
 `rank_{n-1}[p] * L + rank_1[p + n - 1]`, where `rank_k` is the dense rank
 of the k-gram at p within its row (< L, so keys never overflow and no
-n-gram is hashed). Sorting a row's keys groups equal n-grams into runs; per
-run, a segment sum of +1 (hypothesis) and -1 (reference) gives
-`c_h - c_r`, and the clipped overlap of rouge-score `_score_ngrams` /
-sacrebleu `_compute_segment_statistics`, `sum_runs min(c_h, c_r)`, is
-`(sum_runs (c_h + c_r) - |c_h - c_r|) / 2`. The run index is the next
-order's dense rank. Cost: one row sort per order, memory O(B * L).
+n-gram is hashed); one row sort per order.
 """
 
 import tensorflow as tf
@@ -44,7 +62,7 @@ def dense_ranks(tokens):
     return _rows_sum(run, order_idx, tf.shape(tokens)[0], width)
 
 
-def _ngram_counts(ref, ref_len, hyp, hyp_len, max_order):
+def _chained_counts(ref, ref_len, hyp, hyp_len, max_order):
     """Clipped n-gram matches and n-gram totals for orders 1..max_order.
 
     Args:
@@ -101,6 +119,138 @@ def _ngram_counts(ref, ref_len, hyp, hyp_len, max_order):
     hyp_totals = tf.maximum(hyp_len[:, None] - orders, 0)
     ref_totals = tf.maximum(ref_len[:, None] - orders, 0)
     return tf.stack(matches, axis=1), hyp_totals, ref_totals
+
+
+def _totals(hyp_len, ref_len, max_order):
+    """Hypothesis and reference n-gram counts per order, int32 `[B, N]`."""
+    orders = tf.range(max_order, dtype=tf.int32)[None, :]
+    return (tf.maximum(hyp_len[:, None] - orders, 0),
+            tf.maximum(ref_len[:, None] - orders, 0))
+
+
+def _packed_counts(hyp_digits, hyp_len, ref_digits, ref_len, max_order):
+    """Clipped matches from per-token digits (see the module docstring).
+
+    Args:
+        hyp_digits: int64 tensor `[B, Th]`, in `[1, 2**(62 // max_order))`
+            on the first `hyp_len` positions, 0 after.
+        hyp_len: int32 tensor `[B]`.
+        ref_digits: int64 tensor `[B, Tr]`, as `hyp_digits`.
+        ref_len: int32 tensor `[B]`.
+        max_order: int. Highest n-gram order; `Th + Tr + 2 * (max_order - 1)`
+            must stay below `2**(63 // max_order)`.
+
+    Returns:
+        int32 tensor `[B, max_order]` of clipped matches.
+    """
+    bits, field = 62 // max_order, 63 // max_order
+    num_rows = tf.shape(hyp_digits)[0]
+    hyp_width = _static_or_dynamic(hyp_digits, 1)
+    gap = tf.zeros(tf.stack([num_rows, max_order - 1]), tf.int64)
+    digits = tf.concat([hyp_digits, gap, ref_digits, gap], axis=1)
+    width = _static_or_dynamic(digits, 1)
+    key = digits
+    for k in range(1, max_order):  # what rolls in at the end is the gap
+        key = tf.bitwise.bitwise_or(tf.bitwise.left_shift(key, bits),
+                                    tf.roll(digits, -k, axis=1))
+    # Padding and gap positions sort last (0); the side is read from
+    # where a key came from.
+    ordered, source = tf.math.top_k(tf.where(digits > 0, key, 0), k=width)
+    sign = tf.where(ordered > 0, tf.where(
+        source < hyp_width + max_order - 1, 1, -1), 0)
+    # A new order-n group where the first n digits change, i.e. where the
+    # xor with the previous key reaches bit bits * (max_order - n); the
+    # count of such orders indexes `table` (one count field per order).
+    change = tf.bitwise.bitwise_xor(ordered, tf.roll(ordered, 1, axis=1))
+    change = tf.where(tf.range(width) > 0, change, 1 << 62)  # row start
+    lowest = tf.constant([1 << (bits * (max_order - n))
+                          for n in range(max_order, 0, -1)], tf.int64)
+    num_new = tf.searchsorted(lowest[None, :], tf.reshape(change, [1, -1]),
+                              side="right")
+    table = tf.constant([sum(1 << (field * (n - 1))
+                             for n in range(max_order - c + 1, max_order + 1))
+                         for c in range(max_order + 1)], tf.int64)
+    starts = tf.reshape(tf.gather(table, num_new[0]), tf.shape(ordered))
+    counts = tf.cumsum(starts, axis=1)  # group numbers + 1, one field each
+    # One order at a time: [B, L] arrays stay in cache.
+    offsets = tf.range(num_rows)[:, None] * width - 1
+    imbalance = []
+    for n in range(max_order):
+        groups = tf.cast(tf.bitwise.bitwise_and(
+            tf.bitwise.right_shift(counts, field * n), (1 << field) - 1),
+            tf.int32)
+        sums = tf.math.unsorted_segment_sum(sign, groups + offsets,
+                                            num_rows * width)
+        imbalance.append(tf.reduce_sum(tf.abs(tf.reshape(
+            sums, tf.stack([num_rows, width]))), axis=1))
+    imbalance = tf.stack(imbalance, axis=1)
+    matches = (hyp_len[:, None] + ref_len[:, None] - imbalance) // 2
+    if max_order == 1:
+        return matches
+    # Take out the tails: for order n, the groups of the last r < n tokens
+    # matched once each where the two sides end with the same r tokens.
+    back = tf.range(1, max_order)[None, :]
+    hyp_pos, ref_pos = hyp_len[:, None] - back, ref_len[:, None] - back
+    ref_first = hyp_width + max_order - 1  # `digits` is never empty
+    same = tf.logical_and(
+        tf.equal(tf.gather(digits, tf.maximum(hyp_pos, 0), batch_dims=1),
+                 tf.gather(digits, ref_first + tf.maximum(ref_pos, 0),
+                           batch_dims=1)),
+        tf.logical_and(hyp_pos >= 0, ref_pos >= 0))
+    equal_tails = tf.cumsum(tf.math.cumprod(tf.cast(same, tf.int32), axis=1),
+                            axis=1)
+    return matches - tf.pad(equal_tails, [[0, 0], [1, 0]])
+
+
+def _ngram_counts(ref, ref_len, hyp, hyp_len, max_order):
+    """Clipped n-gram matches and n-gram totals for orders 1..max_order.
+
+    Args:
+        ref: int64 tensor `[B, Tr]`, compacted (valid tokens first), ids in
+            `[0, 2**62)`.
+        ref_len: int32 tensor `[B]`.
+        hyp: int64 tensor `[B, Th]`, compacted, ids in `[0, 2**62)`.
+        hyp_len: int32 tensor `[B]`.
+        max_order: int. Highest n-gram order.
+
+    Returns:
+        `(matches, hyp_totals, ref_totals)`, int32 tensors `[B, max_order]`.
+    """
+    limit = 1 << (62 // max_order)
+    hyp_width = _static_or_dynamic(hyp, 1)
+    width = _static_or_dynamic(hyp, 1) + _static_or_dynamic(ref, 1)
+    width += 2 * (max_order - 1)
+    hyp_totals, ref_totals = _totals(hyp_len, ref_len, max_order)
+
+    def packed():
+        hyp_valid = tf.sequence_mask(hyp_len, hyp_width)
+        ref_valid = tf.sequence_mask(ref_len, _static_or_dynamic(ref, 1))
+        # Compacted rows are 0 after their length: padding can't widen these.
+        top = tf.maximum(tf.reduce_max(hyp), tf.reduce_max(ref))
+        bottom = tf.minimum(tf.reduce_min(hyp), tf.reduce_min(ref))
+
+        def ranks():
+            both = tf.cast(dense_ranks(tf.concat([hyp, ref], axis=1)),
+                           tf.int64)
+            return both[:, :hyp_width], both[:, hyp_width:]
+
+        # Small ids are digits as they are; others become row ranks (< L).
+        hyp_rank, ref_rank = tf.cond(
+            tf.logical_and(top < limit - 1, bottom >= 0),
+            lambda: (hyp, ref), ranks)
+        hyp_digits = tf.where(hyp_valid, hyp_rank + 1, 0)
+        ref_digits = tf.where(ref_valid, ref_rank + 1, 0)
+        return _packed_counts(hyp_digits, hyp_len, ref_digits, ref_len,
+                              max_order)
+
+    def chained():
+        return _chained_counts(ref, ref_len, hyp, hyp_len, max_order)[0]
+
+    if isinstance(width, int):
+        matches = packed() if width < limit else chained()
+    else:
+        matches = tf.cond(width < limit, packed, chained)
+    return matches, hyp_totals, ref_totals
 
 
 _ngram_counts_eager = tf.function(_ngram_counts, reduce_retracing=True,

@@ -101,6 +101,11 @@ def bleu_statistics(references, hypotheses, tokenize="13a", lowercase=False,
         `BLEUStatistics(matches, totals, hyp_len, ref_len)`.
     """
     _check_order(max_order)
+    compiled = _inputs.run_compiled(
+        bleu_statistics, references, hypotheses, tokenize=tokenize,
+        lowercase=lowercase, max_order=max_order)
+    if compiled is not None:
+        return compiled
     ids = _inputs.text_pair_ids(references, hypotheses, tokenize,
                                 preprocess=_preprocess(lowercase))
     return _statistics(*ids, max_order)
@@ -217,6 +222,13 @@ def corpus_bleu(references, hypotheses, tokenize="13a", smooth_method="exp",
     (48.8923, [85.71, 66.67, 40.0, 25.0])
     """
     _check_smoothing(smooth_method, smooth_value)
+    compiled = _inputs.run_compiled(
+        corpus_bleu, references, hypotheses, tokenize=tokenize,
+        smooth_method=smooth_method, smooth_value=smooth_value,
+        max_order=max_order, lowercase=lowercase,
+        use_effective_order=use_effective_order)
+    if compiled is not None:
+        return compiled
     stats = bleu_statistics(references, hypotheses, tokenize, lowercase,
                             max_order).total()
     return bleu_from_statistics(*stats, smooth_method=smooth_method,
@@ -244,6 +256,13 @@ def sentence_bleu(references, hypotheses, tokenize="13a", smooth_method="exp",
         `BLEUScore` with `score` of shape `[B]` on the 0-100 scale.
     """
     _check_smoothing(smooth_method, smooth_value)
+    compiled = _inputs.run_compiled(
+        sentence_bleu, references, hypotheses, tokenize=tokenize,
+        smooth_method=smooth_method, smooth_value=smooth_value,
+        max_order=max_order, lowercase=lowercase,
+        use_effective_order=use_effective_order)
+    if compiled is not None:
+        return compiled
     stats = bleu_statistics(references, hypotheses, tokenize, lowercase,
                             max_order)
     return bleu_from_statistics(*stats, smooth_method=smooth_method,

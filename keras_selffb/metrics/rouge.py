@@ -85,6 +85,10 @@ def rouge_l(references, hypotheses, tokenize="rouge"):
     >>> [round(float(x[0]), 4) for x in r]
     [0.8, 0.6667, 0.7273]
     """
+    compiled = _inputs.run_compiled(rouge_l, references, hypotheses,
+                                    tokenize=tokenize)
+    if compiled is not None:
+        return compiled
     return _lcs_score(*_inputs.text_pair_ids(references, hypotheses, tokenize))
 
 
@@ -102,6 +106,10 @@ def rouge_n(references, hypotheses, n=1, tokenize="rouge"):
         `RougeScore(precision, recall, fmeasure)` of float32 tensors `[B]`.
     """
     _check_order(n)
+    compiled = _inputs.run_compiled(rouge_n, references, hypotheses, n=n,
+                                    tokenize=tokenize)
+    if compiled is not None:
+        return compiled
     ids = _inputs.text_pair_ids(references, hypotheses, tokenize)
     return _ngram_score(*ids, n)
 
