@@ -102,3 +102,22 @@ def test_lcs_over_more_than_62_words_equals_rouge_score(form):
         hyp_ids = tf.constant([ids(h, 200) for h in hyps])
         got = tf.function(metrics.rouge_l_ids)(ref_ids, hyp_ids).fmeasure
     np.testing.assert_allclose(np.asarray(got), want, atol=1e-6)
+
+
+@pytest.mark.parametrize("graph", [False, True])
+def test_an_empty_batch_and_empty_rows_score_like_the_references(graph):
+    """A replica left empty by the last batch scores nothing; empty rows score 0, as rouge-score and sacrebleu do."""
+    run = tf.function if graph else (lambda f: f)
+    empty = tf.constant([], tf.string)
+    assert run(lambda r, h: metrics.rouge_l(r, h).fmeasure)(empty, empty).shape == (0,)
+    assert run(lambda r, h: metrics.sentence_bleu(r, h).score)(empty, empty).shape == (0,)
+    assert run(lambda r, h: metrics.rouge_l_ids(r, h).fmeasure)(
+        tf.zeros([0, 3], tf.int32), tf.zeros([0, 4], tf.int32)).shape == (0,)
+    refs, hyps = ["", "a b", "", "the cat"], ["a", "", "", "the cat sat"]
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    want = [scorer.score(r, h)["rougeL"].fmeasure for r, h in zip(refs, hyps)]
+    got = run(lambda r, h: metrics.rouge_l(r, h).fmeasure)(tf.constant(refs), tf.constant(hyps))
+    np.testing.assert_allclose(np.asarray(got), want, atol=1e-6)
+    bleu = [sacrebleu.sentence_bleu(h, [r]).score for r, h in zip(refs, hyps)]
+    got = run(lambda r, h: metrics.sentence_bleu(r, h).score)(tf.constant(refs), tf.constant(hyps))
+    np.testing.assert_allclose(np.asarray(got), bleu, atol=1e-4)

@@ -57,6 +57,18 @@ def _carry_in(generate, propagate, num_words):
     return _shift_words(generate, 1)
 
 
+def _searchsorted(sorted_rows, values):
+    """`tf.searchsorted(sorted_rows, values, side="left")` that also takes empty inputs.
+
+    The kernel views its inputs as `[-1, width]`, which fails for a batch of
+    no rows (a replica left empty by the last batch) or of zero-width
+    values; one extra row and column of padding, cut off again, avoid both.
+    """
+    width = tf.shape(values)[1]
+    slots = tf.searchsorted(tf.pad(sorted_rows, [[0, 1], [0, 0]]), tf.pad(values, [[0, 1], [0, 1]]), side="left")
+    return slots[:-1, :width]
+
+
 def _match_masks(ref, ref_len, hyp, hyp_len, num_words):
     """`[Th, B, W]` int64: bit j of word w set where ref[62 w + j] == hyp[i].
 
@@ -77,14 +89,14 @@ def _match_masks(ref, ref_len, hyp, hyp_len, num_words):
     position = tf.range(ref_width)
     bits = tf.bitwise.left_shift(tf.ones([], tf.int64),
                                  tf.cast(position % _BITS, tf.int64))
-    ref_slot = tf.searchsorted(ordered, keyed[:, :-1], side="left")
+    ref_slot = _searchsorted(ordered, keyed[:, :-1])
     slot = (tf.range(num_rows)[:, None] * width + ref_slot) * num_words + (
         position // _BITS)
     table = tf.math.unsorted_segment_sum(  # distinct bits: sum == OR
         tf.where(valid, bits, tf.zeros_like(bits)), slot,
         num_rows * width * num_words)
     table = tf.reshape(table, tf.stack([num_rows, width, num_words]))
-    hyp_slot = tf.searchsorted(ordered, hyp, side="left")  # <= ref_width
+    hyp_slot = _searchsorted(ordered, hyp)  # <= ref_width
     found = tf.logical_and(
         tf.equal(tf.gather(ordered, hyp_slot, batch_dims=1), hyp),
         tf.sequence_mask(hyp_len, tf.shape(hyp)[1]))

@@ -165,8 +165,9 @@ def _packed_counts(hyp_digits, hyp_len, ref_digits, ref_len, max_order):
     change = tf.where(tf.range(width) > 0, change, 1 << 62)  # row start
     lowest = tf.constant([1 << (bits * (max_order - n))
                           for n in range(max_order, 0, -1)], tf.int64)
-    num_new = tf.searchsorted(lowest[None, :], tf.reshape(change, [1, -1]),
-                              side="right")
+    # One padded column: the kernel fails on zero-width values (an empty batch).
+    num_new = tf.searchsorted(lowest[None, :], tf.pad(tf.reshape(change, [1, -1]), [[0, 0], [0, 1]]),
+                              side="right")[:, :-1]
     table = tf.constant([sum(1 << (field * (n - 1))
                              for n in range(max_order - c + 1, max_order + 1))
                          for c in range(max_order + 1)], tf.int64)
