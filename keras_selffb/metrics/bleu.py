@@ -221,19 +221,8 @@ def corpus_bleu(references, hypotheses, tokenize="13a", smooth_method="exp",
     >>> round(float(r.score), 4), [round(float(p), 2) for p in r.precisions]
     (48.8923, [85.71, 66.67, 40.0, 25.0])
     """
-    _check_smoothing(smooth_method, smooth_value)
-    compiled = _inputs.run_compiled(
-        corpus_bleu, references, hypotheses, tokenize=tokenize,
-        smooth_method=smooth_method, smooth_value=smooth_value,
-        max_order=max_order, lowercase=lowercase,
-        use_effective_order=use_effective_order)
-    if compiled is not None:
-        return compiled
-    stats = bleu_statistics(references, hypotheses, tokenize, lowercase,
-                            max_order).total()
-    return bleu_from_statistics(*stats, smooth_method=smooth_method,
-                                smooth_value=smooth_value,
-                                use_effective_order=use_effective_order)
+    return _bleu(corpus_bleu, references, hypotheses, tokenize, smooth_method, smooth_value,
+                 max_order, lowercase, use_effective_order, corpus=True)
 
 
 @_no_autograph
@@ -255,16 +244,28 @@ def sentence_bleu(references, hypotheses, tokenize="13a", smooth_method="exp",
     Returns:
         `BLEUScore` with `score` of shape `[B]` on the 0-100 scale.
     """
+    return _bleu(sentence_bleu, references, hypotheses, tokenize, smooth_method, smooth_value,
+                 max_order, lowercase, use_effective_order, corpus=False)
+
+
+def _bleu(entry, references, hypotheses, tokenize, smooth_method, smooth_value, max_order,
+          lowercase, use_effective_order, corpus):
+    """`corpus_bleu` (`corpus=True`: statistics summed first) or `sentence_bleu`.
+
+    An eager call with a named tokenizer runs `entry` as one cached graph
+    (`_inputs.run_compiled`); otherwise the ops run where they are called.
+    """
     _check_smoothing(smooth_method, smooth_value)
     compiled = _inputs.run_compiled(
-        sentence_bleu, references, hypotheses, tokenize=tokenize,
+        entry, references, hypotheses, tokenize=tokenize,
         smooth_method=smooth_method, smooth_value=smooth_value,
         max_order=max_order, lowercase=lowercase,
         use_effective_order=use_effective_order)
     if compiled is not None:
         return compiled
-    stats = bleu_statistics(references, hypotheses, tokenize, lowercase,
-                            max_order)
+    stats = bleu_statistics(references, hypotheses, tokenize, lowercase, max_order)
+    if corpus:
+        stats = stats.total()
     return bleu_from_statistics(*stats, smooth_method=smooth_method,
                                 smooth_value=smooth_value,
                                 use_effective_order=use_effective_order)
