@@ -93,9 +93,9 @@ def _record_pair(record, where, unit):
     return prompt, response
 
 
-def load_jsonl(path):
-    """Loads JSON lines with `prompt`/`response` or `source`/`target` fields."""
-    pairs = []
+def read_jsonl_records(path):
+    """`(record, where)` for each non-blank line of a JSON-lines file; `where` names file and line."""
+    records = []
     for number, line in enumerate(_read_lines(path), start=1):
         if not line.strip():
             continue
@@ -103,7 +103,13 @@ def load_jsonl(path):
             record = json.loads(line)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}, line {number}: not valid JSON ({e.msg}).") from None
-        pairs.append(_record_pair(record, f"{path}, line {number}", "line"))
+        records.append((record, f"{path}, line {number}"))
+    return records
+
+
+def load_jsonl(path):
+    """Loads JSON lines with `prompt`/`response` or `source`/`target` fields."""
+    pairs = [_record_pair(record, where, "line") for record, where in read_jsonl_records(path)]
     return _require_examples(pairs, path)
 
 

@@ -13,13 +13,12 @@ line. A packed triple is one int32 row of `P + 2R` columns: the prompt as
 `pack_responses` does (`... EOS PAD ..`, R columns each).
 """
 
-import json
 import os
 import warnings
 
 import numpy as np
 
-from keras_selffb.data.loaders import _read_lines, _require_examples, read_tsv_rows
+from keras_selffb.data.loaders import _require_examples, read_jsonl_records, read_tsv_rows
 
 PREFERENCE_FIELDS = ("prompt", "chosen", "rejected")
 PREFERENCE_EXTENSIONS = (".jsonl", ".tsv")
@@ -41,16 +40,7 @@ def _triple(record, where):
 
 
 def _load_jsonl(path):
-    triples = []
-    for number, line in enumerate(_read_lines(path), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}, line {number}: not valid JSON ({e.msg}).") from None
-        triples.append(_triple(record, f"{path}, line {number}"))
-    return triples
+    return [_triple(record, where) for record, where in read_jsonl_records(path)]
 
 
 def _load_tsv(path):
