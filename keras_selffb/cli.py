@@ -86,7 +86,10 @@ def _parser():
         "Rerun the same command to resume an interrupted run.",
     )
     train.add_argument("--config", help="YAML file of settings (see docs/getting-started.md)")
-    train.add_argument("--language", choices=["en", "zh"], help="embedded corpus language")
+    train.add_argument("--corpus", choices=["chatterbot", "chitchat"],
+                       help="corpus when no --data: the embedded chatterbot corpus (default) or the "
+                            "Chit-Chat Challenge conversations (chitchat-dataset)")
+    train.add_argument("--language", choices=["en", "zh"], help="chatterbot corpus language")
     train.add_argument("--data", help="a .txt/.jsonl/.tsv file instead of the embedded corpus")
     train.add_argument("--name", help="run name; outputs go to runs/<name>/")
     train.add_argument("--output", help="run directory (overrides --name)")
@@ -154,6 +157,7 @@ def _train(args):
     overrides = {
         key: value
         for key, value in {
+            "corpus": args.corpus,
             "language": args.language,
             "data": args.data,
             "name": args.name,
@@ -233,16 +237,29 @@ def format_report(report, run_dir):
         kind = f"{model['class']} from {model['preset']}" if model.get("preset") else model["kind"]
         lines.append(f"model: {kind}, {model['parameters']:,} parameters{trainable}")
     lines.append("")
-    lines.append(f"{'validation':<16}{'ROUGE-L':>10}{'BLEU':>10}{'perplexity':>12}{'reward':>10}")
+    if "judge" in report:
+        judge = report["judge"]
+        lines.append(f"relevance judge: {judge['epochs']} epochs in {judge['seconds']:.0f} s; it ranks a "
+                     f"validation reference's own prompt first among 20 for "
+                     f"{judge['validation_reference_retrieval_accuracy']:.1%} of them")
+    # Columns present in every stage's scores, in this order.
+    columns = [(key, title, width, fmt) for key, title, width, fmt in _REPORT_COLUMNS
+               if all(key in scores for scores in report["validation"].values())]
+    lines.append(f"{'validation':<16}" + "".join(f"{title:>{width}}" for _, title, width, _ in columns))
     for stage, scores in report["validation"].items():
         label = "after MLE" if stage == "mle" else f"after {stage}"
-        reward = f"{scores['reward']:>10.4f}" if "reward" in scores else ""
-        lines.append(f"{label:<16}{scores['rouge_l']:>10.4f}{scores['bleu']:>10.2f}"
-                     f"{scores['perplexity']:>12.3f}{reward}")
+        lines.append(f"{label:<16}" + "".join(f"{scores[key]:>{width}{fmt}}" for key, _, width, fmt in columns))
     if "feedback" in report:
         feedback = report["feedback"]
         lines.append(f"self-feedback: {feedback['rounds']} round(s) of {'+'.join(feedback['methods'])} "
                      f"in {feedback['seconds']:.0f} s (per-round plot: rounds.png)")
+        if feedback.get("collapsed"):
+            lines.append("  collapse guard: the replies collapsed onto few distinct ones; the rounds stopped")
+        final = feedback.get("final_round")
+        if final is not None and final != feedback["rounds"]:
+            stage = "the MLE policy" if final == 0 else f"round {final}"
+            lines.append(f"  the final policy is {stage}'s (the best {feedback['monitor']} that kept its "
+                         "distinct replies)")
     if "contrastive" in report:
         stage = report["contrastive"]
         lines.append(f"contrastive ({stage['mode']}): {stage['epochs']} epochs in {stage['seconds']:.0f} s; "
@@ -252,13 +269,32 @@ def format_report(report, run_dir):
             lines.append(f"  {when:<7} pair accuracy {scores['pair_accuracy']:.3f}  "
                          f"Spearman {scores['spearman']:.3f}  top-1 ROUGE-L {scores['top1_quality']:.4f}")
     lines.append("")
+    before_after = any("mle_reply" in sample for sample in report["samples"]) and "feedback" in report
     for sample in report["samples"]:
         lines.append(f"> {printable(sample['prompt'])}")
-        lines.append(f"  reply:     {printable(sample['reply'])}")
-        lines.append(f"  reference: {printable(sample['reference'])}")
+        if before_after:
+            lines.append(f"  after MLE:    {printable(sample['mle_reply'])}")
+            lines.append(f"  after rounds: {printable(sample['reply'])}")
+            lines.append(f"  reference:    {printable(sample['reference'])}")
+        else:
+            lines.append(f"  reply:     {printable(sample['reply'])}")
+            lines.append(f"  reference: {printable(sample['reference'])}")
     lines.append(f"\nEverything is in {run_dir}/ (metrics.json, policy.keras, logs/ for TensorBoard).")
     return "\n".join(lines)
 
+
+# The validation table's columns: (score key, title, width, format).
+_REPORT_COLUMNS = [
+    ("rouge_l", "ROUGE-L", 9, ".4f"),
+    ("bleu", "BLEU", 7, ".2f"),
+    ("perplexity", "ppl", 8, ".3f"),
+    ("reward", "reward", 8, ".4f"),
+    ("distinct_replies", "distinct", 9, ".0f"),
+    ("distinct_2", "dist-2", 8, ".3f"),
+    ("self_bleu", "selfBLEU", 9, ".3f"),
+    ("mean_reply_length", "words", 7, ".1f"),
+    ("judge_retrieval_accuracy", "judge@20", 9, ".3f"),
+]
 
 # Shown as escapes by `printable`: tab, newline and carriage return by name.
 _NAMED_ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}

@@ -26,11 +26,15 @@ STRATEGIES = ("default", "mirrored", "multi_worker")  # distribute.STRATEGIES
 MODELS = ("lstm", "gpt2", "llama")  # pipeline.build_policy; the transformers: models.causal_lm_policy
 NUM_RESERVED_TOKENS = 5  # text.tokenizer.NUM_RESERVED
 MAX_SEED = 2**32 - 1  # numpy's seed range
+CORPORA = ("chatterbot", "chitchat")  # pipeline.read_pairs
+RL_REWARDS = ("composite", "rouge_l", "bleu", "article")  # pipeline.make_reward
+COMPOSITE_WEIGHTS = ("reward_rouge_l", "reward_judge", "reward_informativeness", "reward_fluency")
 _CHOICES = {
+    "corpus": CORPORA,
     "language": tuple(CORPUS_LANGUAGES),
     "tokenizer": ("char", "wordpiece"),
     "sampler": SAMPLERS,
-    "rl_reward": ("rouge_l", "bleu", "article"),
+    "rl_reward": RL_REWARDS,
     "rl_baseline": BASELINES,
     "strategy": STRATEGIES,
     "model": MODELS,
@@ -54,7 +58,17 @@ class TrainConfig:
     Args:
         name: str. Run name; outputs go to `runs/<name>/` unless `output` is set.
         output: str or None. Run directory. Defaults to `runs/<name>`.
-        language: str. Embedded corpus language, `"en"` or `"zh"`.
+        corpus: str. The corpus when `data` is not set: `"chatterbot"` (the
+            embedded chatterbot corpus, 1,243 distinct English pairs or the
+            Chinese one, see `language`) or `"chitchat"` (the Chit-Chat
+            Challenge corpus of the `chitchat-dataset` package: consecutive
+            turns of 7,168 conversations, `corpus_pairs` of them; see
+            `keras_selffb.data.load_chitchat`).
+        language: str. Language of the chatterbot corpus, `"en"` or `"zh"`
+            (chitchat is English only).
+        corpus_pairs: int. `"chitchat"`: the pairs taken (whole
+            conversations in an order shuffled by `seed`), each side at most
+            `response_length - 1` characters. Not used otherwise.
         data: str or None. A .txt/.jsonl/.json/.tsv file used instead of the
             corpus (see `keras_selffb.data.load_pairs`).
         tokenizer: str. `"char"` (lossless, exportable with core TF) or
@@ -122,8 +136,28 @@ class TrainConfig:
         filter_epochs: int. `"filtered"`: fine-tuning epochs per round.
         filter_learning_rate: float. `"filtered"`: Adam learning rate.
         rl_steps: int. Policy-gradient (or contrastive, or DPO) steps per round.
-        rl_reward: str. `"rouge_l"`, `"bleu"` (against the reference) or
-            `"article"` (fluency + relevance + informativeness).
+        rl_reward: str. `"composite"`: the weighted sum of ROUGE-L against
+            the reference, the learned judge's relevance, informativeness and
+            fluency (weights `reward_rouge_l`, `reward_judge`,
+            `reward_informativeness`, `reward_fluency`; each logged on its
+            own); `"rouge_l"`, `"bleu"` (against the reference) or
+            `"article"` (fluency + overlap relevance + informativeness).
+        reward_rouge_l, reward_judge, reward_informativeness, reward_fluency:
+            float. Weights of the `"composite"` reward's terms (0 leaves a
+            term out). See docs/reinforce.md for how they were chosen.
+        judge_epochs: int. Epochs of the relevance judge (a dual-encoder
+            `RelevanceJudge` trained on the training split, starting from
+            the MLE policy's encoder, saved as `judge.keras`); it gives the composite reward's relevance term
+            and every evaluation's `judge_retrieval_accuracy`. 0: no judge
+            (then `reward_judge` must be 0).
+        feedback_min_distinct: float. Collapse guard: a round whose number
+            of distinct greedy validation replies falls below this fraction
+            of the MLE policy's ends the rounds, and the policy goes back to
+            the best round (by `feedback_monitor`) that kept enough distinct
+            replies. 0 turns the guard off.
+        feedback_keep_best: bool. After the rounds, keep the policy of the
+            best round by `feedback_monitor` (round 0: the MLE policy),
+            rather than the last round's (a collapsed round is never kept).
         rl_samples: int. Candidates per prompt (K).
         rl_batch_size: int. Prompts per RL step.
         rl_learning_rate: float. Adam learning rate of the RL stage.
@@ -153,7 +187,9 @@ class TrainConfig:
 
     name: str = "default"
     output: str | None = None
+    corpus: str = "chatterbot"
     language: str = "en"
+    corpus_pairs: int = 20000
     data: str | None = None
     tokenizer: str = "char"
     vocabulary_size: int | None = None
@@ -186,7 +222,14 @@ class TrainConfig:
     filter_epochs: int = 1
     filter_learning_rate: float = 1e-3
     rl_steps: int = 35
-    rl_reward: str = "rouge_l"
+    rl_reward: str = "composite"
+    reward_rouge_l: float = 1.0
+    reward_judge: float = 0.5
+    reward_informativeness: float = 0.2
+    reward_fluency: float = 0.2
+    judge_epochs: int = 10
+    feedback_min_distinct: float = 0.5
+    feedback_keep_best: bool = True
     rl_samples: int = 4
     rl_batch_size: int = 16
     rl_learning_rate: float = 5e-4
@@ -275,6 +318,7 @@ class TrainConfig:
             "embedding_dim": 1, "hidden_dim": 1, "num_layers": 1, "batch_size": 1, "epochs": 1,
             "patience": 1, "num_samples": 1, "filter_epochs": 1, "rl_samples": 1, "rl_batch_size": 1,
             "feedback_rounds": 0, "rl_steps": 0, "contrastive_epochs": 0, "num_heads": 1, "lora_rank": 0,
+            "corpus_pairs": 1, "judge_epochs": 0,
         }
         for name, low in at_least.items():
             if getattr(self, name) < low:
@@ -292,7 +336,7 @@ class TrainConfig:
         for name in ("filter_quantile_step", "rl_kl_coef", "test_fraction"):
             if getattr(self, name) < 0:
                 raise ValueError(f"Config field {name!r} must be >= 0, got {getattr(self, name)!r}.")
-        for name in ("filter_quantile", "rl_gamma"):
+        for name in ("filter_quantile", "rl_gamma", "feedback_min_distinct"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"Config field {name!r} must be in [0, 1], got {getattr(self, name)!r}.")
         if not 0.0 <= self.dropout < 1.0:
@@ -316,6 +360,23 @@ class TrainConfig:
             )
 
     def _check_combinations(self):
+        if self.corpus == "chitchat" and self.language != "en":
+            raise ValueError(
+                f"Config field 'language' must be 'en' for corpus 'chitchat' (an English corpus; the "
+                f"Chinese one is corpus 'chatterbot'), got {self.language!r}."
+            )
+        if self.rl_reward == "composite":
+            weights = {name: getattr(self, name) for name in COMPOSITE_WEIGHTS}
+            if not any(weights.values()):
+                raise ValueError(
+                    f"Config field 'rl_reward' is 'composite' but all its weights are 0 ({weights}); give one "
+                    "a weight other than 0."
+                )
+            if self.reward_judge and not self.judge_epochs:
+                raise ValueError(
+                    f"Config field 'reward_judge' ({self.reward_judge}) needs the judge: set judge_epochs "
+                    "> 0, or reward_judge: 0."
+                )
         if self.model != "lstm" and self.hidden_dim % self.num_heads:
             raise ValueError(
                 f"Config field 'num_heads' must divide hidden_dim ({self.hidden_dim}) for model "

@@ -11,7 +11,8 @@ does with a policy:
 - **score**: per-token log-probabilities of given replies (`score`), and the
   references' perplexity (`perplexity`);
 - **evaluate**: greedy replies to `(prompt, reference)` pairs scored by
-  ROUGE-L, BLEU, perplexity and distinct-n (`evaluate`).
+  ROUGE-L, BLEU, perplexity, distinct-n, self-BLEU and mean length
+  (`evaluate`).
 
 The trainers, `SelfFeedbackLoop`, the callbacks, the evaluation, the
 contrastive stage and export accept a generator where they took
@@ -28,7 +29,7 @@ import keras_hub
 import numpy as np
 import tensorflow as tf
 
-from keras_selffb.metrics import corpus_bleu, distinct_n, perplexity_statistics, rouge_l
+from keras_selffb.metrics import corpus_bleu, distinct_n, perplexity_statistics, rouge_l, self_bleu
 from keras_selffb.models.generation import (
     _is_integer,
     check_sampler_vocabulary,
@@ -37,14 +38,20 @@ from keras_selffb.models.generation import (
     reseed_sampler,
 )
 from keras_selffb.models.scoring import response_token_nll
+from keras_selffb.text import segmentation
 from keras_selffb.text.packing import pack_pairs, pack_prompts
 from keras_selffb.text.tokenizer import PAD_ID, detokenize_texts
 
 # What `ResponseGenerator.evaluate` can compute; the first three by default.
-METRICS = ("rouge_l", "bleu", "perplexity", "distinct_1", "distinct_2", "distinct_replies")
+METRICS = (
+    "rouge_l", "bleu", "perplexity", "distinct_1", "distinct_2", "distinct_replies", "self_bleu",
+    "mean_reply_length",
+)
 DEFAULT_METRICS = ("rouge_l", "bleu", "perplexity")
 # Metrics computed from the reply strings alone (`score_replies`).
-TEXT_METRICS = ("rouge_l", "bleu", "distinct_1", "distinct_2", "distinct_replies")
+TEXT_METRICS = (
+    "rouge_l", "bleu", "distinct_1", "distinct_2", "distinct_replies", "self_bleu", "mean_reply_length",
+)
 # Samplers without a random stream: their replies do not depend on how the
 # prompts are split over replicas.
 _DETERMINISTIC = (keras_hub.samplers.GreedySampler, keras_hub.samplers.BeamSampler)
@@ -123,8 +130,13 @@ def score_replies(references, replies, metrics=("rouge_l", "bleu")):
             `cjk` segmentation), `"bleu"` (corpus BLEU on the 0-100 scale,
             tokenization `13a`, or `zh` when the references hold Chinese),
             `"distinct_1"`, `"distinct_2"` (distinct n-gram ratio of the
-            replies, `cjk` segmentation) and `"distinct_replies"` (number of
-            different reply strings). Defaults to ROUGE-L and BLEU.
+            replies, `cjk` segmentation), `"distinct_replies"` (number of
+            different reply strings), `"self_bleu"` (mean BLEU, 0-1, of
+            each reply against the other replies, `cjk` segmentation; see
+            `keras_selffb.metrics.self_bleu`) and `"mean_reply_length"`
+            (mean number of `cjk` words per reply; 0 for no replies). Together
+            they flag replies collapsing onto one generic reply. Defaults to
+            ROUGE-L and BLEU.
 
     Returns:
         dict name -> float.
@@ -147,6 +159,11 @@ def score_replies(references, replies, metrics=("rouge_l", "bleu")):
             scores[name] = float(corpus_bleu(references, replies, tokenize=bleu_tokenization(references)).score)
         elif name == "distinct_replies":
             scores[name] = float(len(set(replies)))
+        elif name == "self_bleu":
+            scores[name] = self_bleu(replies, tokenize="cjk")
+        elif name == "mean_reply_length":
+            lengths = segmentation.segment(replies, "cjk").row_lengths().numpy() if replies else [0]
+            scores[name] = float(np.mean(lengths))
         else:
             scores[name] = float(distinct_n(replies, n=int(name[-1]), tokenize="cjk"))
     return scores
@@ -435,8 +452,8 @@ class ResponseGenerator:
         Args:
             data: `(prompt, reference)` str pairs, or packed rows.
             metrics: names among `METRICS`: `"rouge_l"`, `"bleu"`,
-                `"distinct_1"`, `"distinct_2"`, `"distinct_replies"` (see
-                `score_replies`) and `"perplexity"` (of the references,
+                `"distinct_1"`, `"distinct_2"`, `"distinct_replies"`,
+                `"self_bleu"`, `"mean_reply_length"` (see `score_replies`) and `"perplexity"` (of the references,
                 teacher-forced). Defaults to ROUGE-L, BLEU and perplexity.
             seed: int. Resets the sampler first. Defaults to `None`.
             sampler: a sampler to reply with instead of the generator's

@@ -23,7 +23,16 @@ until a target metric is met or the rounds run out. Each round:
       policy at the start of the loop, as TRL's online DPO keeps its
       reference model);
 (d) **evaluate** with greedy replies on the validation pairs: the mean
-    reward (`val_reward`) and, for text data, ROUGE-L, BLEU and perplexity.
+    reward (`val_reward`) and, for text data, ROUGE-L, BLEU and perplexity
+    (and any of the generator's `METRICS`: `eval_metrics`), plus a judge's
+    retrieval accuracy when the loop has a `judge`.
+
+**Collapse guard.** A reward paid against one reference per prompt can
+move every prompt onto one generic reply while the metric rises (reward
+hacking). With `min_distinct_fraction`, a round whose number of distinct
+greedy validation replies falls below that fraction of the start's is
+marked `collapsed`, ends the loop, and the policy goes back to the best
+round (by `monitor`) that did not collapse.
 
 Everything is checkpointed under `directory`: the policy after each round,
 the scored candidates of the round in progress, and the adjust phase's
@@ -47,7 +56,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_selffb.callbacks import RewardHistograms, TextSamples
-from keras_selffb.generator import ResponseGenerator, as_generator, fixed_batches
+from keras_selffb.generator import DEFAULT_METRICS, METRICS as GENERATOR_METRICS, ResponseGenerator, as_generator, fixed_batches
 from keras_selffb.models.generation import get_sampler, reseed_sampler
 from keras_selffb.models.policy_network import frozen_copy
 from keras_selffb.text.packing import pack_pairs
@@ -232,6 +241,15 @@ class SelfFeedbackLoop:
             round by `monitor` (round 0 = the start). Defaults to `False`.
         text_metrics: bool. Also compute ROUGE-L, BLEU and perplexity on
             the validation pairs. Defaults to `True`.
+        eval_metrics: names among `ResponseGenerator.evaluate`'s metrics
+            computed on the validation pairs with `text_metrics`. Defaults
+            to ROUGE-L, BLEU and perplexity.
+        judge: a `RelevanceJudge` or None. With one, every evaluation also
+            reports `val_judge_retrieval_accuracy`: how often the frozen
+            judge ranks a greedy reply's own prompt first among 20
+            validation prompts (`training.retrieval_accuracy`).
+        min_distinct_fraction: float in [0, 1]. The collapse guard (see
+            above): 0 turns it off. Defaults to `0.0`.
         directory: str or None. Checkpoints and `history.json`; None keeps
             nothing on disk (and cannot resume).
         log_dir: str or None. Per-method `<method>_history.csv` and
@@ -294,6 +312,9 @@ class SelfFeedbackLoop:
         mode="max",
         restore_best=False,
         text_metrics=True,
+        eval_metrics=DEFAULT_METRICS,
+        judge=None,
+        min_distinct_fraction=0.0,
         directory=None,
         log_dir=None,
         seed=0,
@@ -329,6 +350,18 @@ class SelfFeedbackLoop:
             raise ValueError(f"rounds and num_samples must be >= 1; got {rounds}, {num_samples}.")
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min'; got {mode!r}.")
+        eval_metrics = tuple(eval_metrics)
+        if min_distinct_fraction and "distinct_replies" not in eval_metrics:
+            eval_metrics += ("distinct_replies",)
+        unknown = sorted(set(eval_metrics) - set(GENERATOR_METRICS))
+        if not eval_metrics or unknown:
+            raise ValueError(f"eval_metrics must be names among {GENERATOR_METRICS}; got {list(eval_metrics)}.")
+        if not 0.0 <= min_distinct_fraction <= 1.0:
+            raise ValueError(f"min_distinct_fraction must be in [0, 1]; got {min_distinct_fraction!r}.")
+        if min_distinct_fraction and not text_metrics:
+            raise ValueError("min_distinct_fraction counts distinct replies, which needs text_metrics=True.")
+        if judge is not None and not callable(getattr(judge, "similarity", None)):
+            raise TypeError(f"The loop's judge must be a RelevanceJudge (with `similarity`); got {type(judge).__name__}.")
         if not threshold_quantiles or not all(0.0 <= q <= 1.0 for q in threshold_quantiles):
             raise ValueError(f"threshold_quantiles must be in [0, 1]; got {threshold_quantiles}.")
         dpo_options = dict(dpo_options or {})
@@ -372,6 +405,9 @@ class SelfFeedbackLoop:
         self.mode = mode
         self.restore_best = restore_best
         self.text_metrics = text_metrics
+        self.eval_metrics = eval_metrics
+        self.judge = judge
+        self.min_distinct_fraction = float(min_distinct_fraction)
         self.directory = directory
         self.log_dir = log_dir
         self.seed = seed
@@ -452,14 +488,28 @@ class SelfFeedbackLoop:
         generated twice.
         """
         if self.text_metrics:
-            results = self.generator.evaluate(self.validation_pairs, sampler=self._greedy)
+            results = self.generator.evaluate(self.validation_pairs, metrics=self.eval_metrics, sampler=self._greedy)
             candidates = results.pop("reply_ids")
             results.pop("replies")
             metrics = {"val_reward": float(np.mean(self.score(self.validation_packed, candidates)))}
             metrics.update({f"val_{k}": v for k, v in results.items()})
-            return metrics
-        candidates, rows = self.generate(self.validation_packed, 1, greedy=True)
-        return {"val_reward": float(np.mean(self.score(rows, candidates)))}
+        else:
+            candidates, rows = self.generate(self.validation_packed, 1, greedy=True)
+            metrics = {"val_reward": float(np.mean(self.score(rows, candidates)))}
+        if self.judge is not None:
+            from keras_selffb.training.judge_training import retrieval_accuracy
+
+            metrics["val_judge_retrieval_accuracy"] = float(
+                retrieval_accuracy(self.judge, self.validation_packed[:, : self.prompt_length], candidates)
+            )
+        return metrics
+
+    def _collapsed(self, metrics):
+        """True when the round's distinct replies fell below the guard's floor."""
+        if not self.min_distinct_fraction:
+            return False
+        floor = self.min_distinct_fraction * self.history[0]["metrics"]["val_distinct_replies"]
+        return metrics["val_distinct_replies"] < floor
 
     # -- (c) adjust -------------------------------------------------------
 
@@ -779,6 +829,9 @@ class SelfFeedbackLoop:
                 record.update(diverged=True, stopped=True)
                 self._stopped = True
             record["metrics"] = self.evaluate()
+            if self._collapsed(record["metrics"]):
+                record.update(collapsed=True, stopped=True)
+                self._stopped = True
             record["seconds"] = round(time.perf_counter() - start, 1)
             if self.directory:
                 save_arrays(os.path.join(self.directory, f"round_{round_index}.npz"), self.policy.weights)
@@ -790,17 +843,24 @@ class SelfFeedbackLoop:
                          if "filtered" in record else ""))
         if self._stopped:
             last = self.history[-1]
-            self._log(f"SelfFeedbackLoop: stopped in round {last['round']}: "
-                      + ("the policy diverged (NaN weights); it is back to the previous round's"
-                         if last.get("diverged") else "a callback stopped training"))
-        if self.restore_best:
+            if last.get("diverged"):
+                why = "the policy diverged (NaN weights); it is back to the previous round's"
+            elif last.get("collapsed"):
+                why = (f"the replies collapsed ({last['metrics']['val_distinct_replies']:.0f} distinct greedy "
+                       f"validation replies, below {self.min_distinct_fraction:g} x the start's "
+                       f"{self.history[0]['metrics']['val_distinct_replies']:.0f})")
+            else:
+                why = "a callback stopped training"
+            self._log(f"SelfFeedbackLoop: stopped in round {last['round']}: {why}")
+        if self.restore_best or any(h.get("collapsed") for h in self.history):
             self._roll_back()
         return self.history
 
     def best_round(self):
-        """The round whose `monitor` is best (the first of ties)."""
-        values = [h["metrics"][self.monitor] for h in self.history]
-        return int(np.argmax(values) if self.mode == "max" else np.argmin(values))
+        """The round whose `monitor` is best (the first of ties), among those that did not collapse."""
+        sign = 1.0 if self.mode == "max" else -1.0
+        values = [-np.inf if h.get("collapsed") else sign * h["metrics"][self.monitor] for h in self.history]
+        return int(np.argmax(values))
 
     def _roll_back(self):
         best = self.best_round()

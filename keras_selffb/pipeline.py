@@ -7,6 +7,7 @@ Everything a run produces goes to its run directory:
     tokenizer.json    the trained tokenizer
     config.yaml       the resolved settings (read back by `generate`, `--resume`)
     policy_mle.keras  the policy after MLE warm-up (mle.json: its figures)
+    judge.keras       the learned relevance judge (judge.json: its figures)
     policy.keras      the final policy
     metrics.json      perplexities, per-round metrics, timings, sample replies
     history.csv       MLE per-epoch logs; curves.png the same as a plot
@@ -45,13 +46,12 @@ import numpy as np
 import tensorflow as tf
 
 from keras_selffb.config import TrainConfig
-from keras_selffb.data import load_chatterbot, load_pairs, split_pairs
+from keras_selffb.data import load_chatterbot, load_chitchat, load_pairs, split_pairs
 from keras_selffb.distribute import data_sharding_options, get_strategy, is_chief, read_tf_config
 from keras_selffb.generator import ResponseGenerator
 from keras_selffb.models import CausalLMPolicy, PolicyNetwork, causal_lm_policy, frozen_copy
 from keras_selffb.models.causal_lm_policy import KINDS as CAUSAL_LM_KINDS
 from keras_selffb.text import PresetTokenizer, make_dataset, pack_pairs, save_tokenizer, train_tokenizer
-from keras_selffb.evaluation import evaluate_policy
 from keras_selffb.loop import SelfFeedbackLoop
 from keras_selffb.training import MLETrainer, run_contrastive_stage, unigram_perplexity
 from keras_selffb.training.checkpoint import epoch_order, fit_resumable, write_json
@@ -77,11 +77,28 @@ from keras_selffb.run_directory import (  # noqa: F401 (re-exported: the run dir
 
 # The policies `build_policy` makes (`TrainConfig.model`).
 POLICY_KINDS = ("lstm", *CAUSAL_LM_KINDS)
+JUDGE_FILE = "judge.keras"
+# What every evaluation of a run reports (validation.<stage> in metrics.json),
+# with the judge's retrieval accuracy when the run has a judge.
+EVAL_METRICS = ("rouge_l", "bleu", "perplexity", "distinct_1", "distinct_2", "distinct_replies",
+                "self_bleu", "mean_reply_length")
+# The relevance judge's heads and pooling; its encoder is the LSTM policy's
+# (sizes and MLE weights), or 64/128 wide for the transformer policies.
+JUDGE_SIZES = {"projection_dim": 64, "pooling": "mean"}
 
 
 def read_pairs(config):
-    """The run's `(prompt, response)` pairs: its data file, or the embedded corpus."""
-    return load_pairs(config.data) if config.data else load_chatterbot(config.language)
+    """The run's `(prompt, response)` pairs: its data file, or the corpus `config.corpus`.
+
+    `"chitchat"`: `config.corpus_pairs` pairs of whole conversations (shuffled
+    by the seed), each side at most `response_length - 1` characters so that
+    no reply is cut (a longer prompt keeps its last `prompt_length - 2`).
+    """
+    if config.data:
+        return load_pairs(config.data)
+    if config.corpus == "chitchat":
+        return load_chitchat(max_pairs=config.corpus_pairs, max_chars=config.response_length - 1, seed=config.seed)
+    return load_chatterbot(config.language)
 
 
 def load_data(config, pairs=None):
@@ -256,31 +273,104 @@ def train_mle(config, train_packed, validation_packed, vocab_size, verbose=None,
     return policy, trainer, result["history"], time.perf_counter() - start
 
 
-def make_reward(config, tokenizer, reference_policy):
-    """The RL stage's reward, by name (`config.rl_reward`)."""
+def train_or_load_judge(config, tokenizer, train_packed, validation_packed, policy, verbose=None):
+    """The run's relevance judge, trained on the training split (or loaded when done); None without one.
+
+    A `RelevanceJudge` (dual encoder, `JUDGE_SIZES`; with the LSTM policy,
+    its encoder starts as a copy of the MLE policy's embedding and LSTM,
+    `RelevanceJudge.initialize_from`) trained for
+    `config.judge_epochs` epochs by in-batch InfoNCE on the training
+    pairs (`training.train_judge`), seeded by `config.seed` alone, so a
+    resumed run trains the same judge. Saved as `judge.keras`; `judge.json`
+    (written last: it marks the stage done) holds its training time and
+    its retrieval accuracy on the validation references (among 20
+    validation prompts), the ceiling the policy's replies are measured
+    against.
+    """
+    from keras_selffb.models import RelevanceJudge
+    from keras_selffb.training import retrieval_accuracy, train_judge
+
+    if not config.judge_epochs:
+        return None, None
+    run_dir = config.run_dir
+    path, record_path = os.path.join(run_dir, JUDGE_FILE), os.path.join(run_dir, "judge.json")
+    if os.path.exists(path) and os.path.exists(record_path):
+        with open(record_path, encoding="utf-8") as f:
+            return keras.saving.load_model(path), json.load(f)
+    if len(train_packed) < 2:
+        raise ValueError(
+            f"The relevance judge learns from in-batch negatives and needs at least 2 training pairs; got "
+            f"{len(train_packed)}. Use more data, or set judge_epochs: 0 and reward_judge: 0."
+        )
+    keras.utils.set_random_seed(config.seed)
+    start = time.perf_counter()
+    if isinstance(policy, PolicyNetwork):  # the judge starts from the MLE policy's encoder
+        judge = RelevanceJudge(
+            tokenizer.vocabulary_size, embedding_dim=policy.embedding_dim, hidden_dim=policy.hidden_dim,
+            num_layers=policy.num_layers, **JUDGE_SIZES,
+        ).initialize_from(policy)
+    else:
+        judge = RelevanceJudge(tokenizer.vocabulary_size, embedding_dim=64, hidden_dim=128, **JUDGE_SIZES)
+    history = train_judge(
+        judge, train_packed, config.prompt_length, epochs=config.judge_epochs,
+        batch_size=min(64, len(train_packed)), seed=config.seed, verbose=_verbosity(verbose),
+    )
+    record = {
+        "epochs": config.judge_epochs,
+        "seconds": round(time.perf_counter() - start, 1),
+        "train_loss": round(float(history["loss"][-1]), 4),
+        "validation_reference_retrieval_accuracy": round(float(retrieval_accuracy(
+            judge, validation_packed[:, : config.prompt_length], validation_packed[:, config.prompt_length:]
+        )), 4),
+    }
+    save_policy(judge, path)
+    write_json(record_path, record)  # last: marks the stage done
+    return judge, record
+
+
+def make_reward(config, tokenizer, reference_policy, judge=None):
+    """The RL stage's reward, by name (`config.rl_reward`).
+
+    `"composite"`: `WeightedReward` of ROUGE-L against the reference, the
+    judge's relevance (`JudgeReward`), informativeness and fluency under
+    the MLE policy, with the config's weights (a weight of 0 leaves its
+    term out); each term is logged as `reward/<name>`.
+    """
     from keras_selffb import rewards
 
     if config.rl_reward == "rouge_l":
         return rewards.RougeLReward(tokenizer)
     if config.rl_reward == "bleu":
         return rewards.BleuReward(tokenizer)
+    if config.rl_reward == "composite":
+        terms = [
+            (config.reward_rouge_l, lambda: rewards.RougeLReward(tokenizer)),
+            (config.reward_judge, lambda: rewards.JudgeReward(judge)),
+            (config.reward_informativeness, lambda: rewards.InformativenessReward(tokenizer=tokenizer)),
+            (config.reward_fluency, lambda: rewards.FluencyReward(reference_policy)),
+        ]
+        return rewards.WeightedReward([(make(), weight) for weight, make in terms if weight], name="composite")
     return rewards.article_reward(reference_policy, tokenizer=tokenizer)
 
 
-def build_loop(config, policy, tokenizer, train, validation, verbose=None, callbacks=()):
+def build_loop(config, policy, tokenizer, train, validation, verbose=None, callbacks=(), judge=None):
     """The `SelfFeedbackLoop` of a run, from its config; `callbacks` go to every round's `fit`.
 
     The KL reference (also the `"dpo"` reference, and the `"article"`
     reward's language model) is the policy as it is now, after MLE: with
     LoRA on, the same model with LoRA switched off (`policy.reference()`),
-    otherwise a frozen copy.
+    otherwise a frozen copy. With a `judge`, it gives the composite
+    reward's relevance term and every round's `judge_retrieval_accuracy`.
+    The loop keeps the best round by `feedback_monitor` among those whose
+    distinct greedy replies stay above `feedback_min_distinct` of the MLE
+    policy's (the collapse guard).
     """
     reference = policy.reference() if config.lora_rank else frozen_copy(policy)
     methods = tuple(m.strip() for m in config.feedback_methods.split(","))
     return SelfFeedbackLoop(
         policy,
         tokenizer,
-        make_reward(config, tokenizer, reference),
+        make_reward(config, tokenizer, reference, judge),
         train,
         validation,
         config.prompt_length,
@@ -312,6 +402,10 @@ def build_loop(config, policy, tokenizer, train, validation, verbose=None, callb
         monitor=config.feedback_monitor,
         target=config.feedback_target,
         mode="min" if config.feedback_monitor == "val_perplexity" else "max",
+        restore_best=config.feedback_keep_best,
+        eval_metrics=EVAL_METRICS,
+        judge=judge,
+        min_distinct_fraction=config.feedback_min_distinct,
         directory=os.path.join(config.run_dir, CHECKPOINT_DIR, "loop"),
         log_dir=config.run_dir,
         seed=config.seed,
@@ -416,46 +510,69 @@ def _run_train(config, verbose, fresh, callbacks=()):
         save_policy(policy, mle_path)
         write_json(os.path.join(run_dir, "mle.json"), report["mle"])  # last: marks the stage done
 
+    judge, report["judge"] = train_or_load_judge(config, tokenizer, train_packed, validation_packed, policy, verbose)
+    if judge is None:
+        del report["judge"]
     enable_lora(config, policy)
     report["model"] = model_record(config, policy)
-    lengths = (config.prompt_length, config.response_length)
+    generator = ResponseGenerator(
+        policy, tokenizer, config.prompt_length, config.response_length, config.sampler, seed=config.seed
+    )
+    first_reply = {}
+    for prompt, reference in validation:
+        first_reply.setdefault(prompt, reference)  # distinct prompts, in order
+    samples = list(first_reply.items())[: config.num_samples]
+    mle_replies = generator([p for p, _ in samples], seed=config.seed)  # before the rounds, same prompts
+
+    evaluator = ResponseGenerator(policy, tokenizer, config.prompt_length, config.response_length, batch_size=64)
+
+    def evaluate():  # greedy replies to the validation prompts
+        return _scores(_evaluate(evaluator, validation, validation_packed[:, : config.prompt_length], judge))
+
     if config.feedback_rounds > 0:
-        loop = build_loop(config, policy, tokenizer, train, validation, verbose, callbacks)
+        loop = build_loop(config, policy, tokenizer, train, validation, verbose, callbacks, judge)
         start = time.perf_counter()
         rounds = loop.run()
         report["rounds"] = rounds
         report["feedback"] = {
             "methods": list(loop.methods), "seconds": round(time.perf_counter() - start, 1),
             "rounds": len(rounds) - 1, "target": config.feedback_target, "monitor": config.feedback_monitor,
+            "collapsed": any(r.get("collapsed") for r in rounds),
         }
+        rolled_back = config.feedback_keep_best or report["feedback"]["collapsed"]
+        report["feedback"]["final_round"] = loop.best_round() if rolled_back else rounds[-1]["round"]
         evaluation = {_stage_name(r): _round_scores(r["metrics"]) for r in rounds}
         plot_rounds(rounds, os.path.join(run_dir, "rounds.png"))
     else:
-        evaluation = {"mle": _scores(evaluate_policy(policy, tokenizer, validation, *lengths))}
+        evaluation = {"mle": evaluate()}
     if config.contrastive_epochs > 0:
         report["contrastive"] = run_contrastive_stage(
-            policy, tokenizer, train_packed, validation_packed, *lengths,
+            generator, train_packed=train_packed, validation_packed=validation_packed,
             epochs=config.contrastive_epochs, seed=config.seed, mode=config.contrastive_mode,
             verbose=_verbosity(verbose),
         )
         if config.contrastive_mode == "sequence_likelihood":  # the policy changed
-            evaluation["contrastive"] = _scores(evaluate_policy(policy, tokenizer, validation, *lengths))
+            evaluation["contrastive"] = evaluate()
     report["validation"] = evaluation
     save_policy(policy, os.path.join(run_dir, POLICY_FILE))
 
-    first_reply = {}
-    for prompt, reference in validation:
-        first_reply.setdefault(prompt, reference)  # distinct prompts, in order
-    samples = list(first_reply.items())[: config.num_samples]
-    generator = ResponseGenerator(
-        policy, tokenizer, config.prompt_length, config.response_length, config.sampler, seed=config.seed
-    )
     replies = generator([p for p, _ in samples], seed=config.seed)
     report["samples"] = [
-        {"prompt": p, "reference": r, "reply": g} for (p, r), g in zip(samples, replies)
+        {"prompt": p, "reference": r, "mle_reply": before, "reply": after}
+        for (p, r), before, after in zip(samples, mle_replies, replies)
     ]
     write_json(os.path.join(run_dir, METRICS_FILE), report)
     return report
+
+
+def _evaluate(generator, pairs, prompt_ids, judge=None):
+    """`EVAL_METRICS` of greedy replies to `pairs`, and the judge's retrieval accuracy with a judge."""
+    from keras_selffb.training import retrieval_accuracy
+
+    result = generator.evaluate(pairs, metrics=EVAL_METRICS)
+    if judge is not None:
+        result["judge_retrieval_accuracy"] = float(retrieval_accuracy(judge, prompt_ids, result["reply_ids"]))
+    return result
 
 
 def _stage_name(record):

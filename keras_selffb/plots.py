@@ -6,9 +6,11 @@ import os
 def rounds_figure(rounds):
     """The validation metrics per self-feedback round, one axis per scale.
 
-    ROUGE-L, the reward and any other 0-1 metric share the first axis, BLEU
-    (0-100) has the second and perplexity the third, so no curve is
-    flattened against another one's scale. Returns a matplotlib `Figure`.
+    ROUGE-L, the reward and any other 0-1 metric (distinct-n, self-BLEU,
+    the judge's retrieval accuracy) share the first axis, BLEU (0-100) has
+    the second, perplexity the third, and the counts (distinct greedy
+    replies, mean reply length) the fourth, so no curve is flattened
+    against another one's scale. Returns a matplotlib `Figure`.
     """
     import matplotlib
 
@@ -16,10 +18,13 @@ def rounds_figure(rounds):
     import matplotlib.pyplot as plt
 
     metrics = rounds[0]["metrics"]
+    counts = ("val_distinct_replies", "val_mean_reply_length")
     panels = [
-        ("validation ROUGE-L and reward (0-1)", [k for k in metrics if k not in ("val_bleu", "val_perplexity")]),
+        ("validation ROUGE-L, reward, diversity (0-1)",
+         [k for k in metrics if k not in ("val_bleu", "val_perplexity", *counts)]),
         ("validation BLEU (0-100)", [k for k in metrics if k == "val_bleu"]),
         ("validation perplexity (per token)", [k for k in metrics if k == "val_perplexity"]),
+        ("distinct greedy replies, mean reply length (words)", [k for k in metrics if k in counts]),
     ]
     panels = [(title, keys) for title, keys in panels if keys]
     x = [r["round"] for r in rounds]

@@ -80,7 +80,8 @@ def data_fingerprint(config, pairs):
     else:
         data = json.dumps(pairs, ensure_ascii=False).encode("utf-8")
         digest.update(data)
-        size, source = len(data), f"chatterbot-corpus ({config.language})"
+        corpus = "chitchat-dataset" if config.corpus == "chitchat" else f"chatterbot-corpus ({config.language})"
+        size, source = len(data), corpus
     return {"source": source, "size": size, "sha256": digest.hexdigest()}
 
 

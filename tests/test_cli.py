@@ -58,6 +58,23 @@ def test_train_then_generate(tmp_path, data_file, capsys):
     assert report["validation"]["mle"]["perplexity"] == pytest.approx(mle["validation_perplexity"], rel=1e-3)
     out = capsys.readouterr().out
     assert "unigram" in out and "after round 1" in out and "contrastive (sequence_likelihood)" in out
+    # The default reward is the composite one, with the learned judge: trained,
+    # saved with the run, each term logged; every evaluation reports the
+    # collapse guards by these names.
+    assert (run / "judge.keras").exists() and report["judge"]["epochs"] == 10
+    assert 0.0 <= report["judge"]["validation_reference_retrieval_accuracy"] <= 1.0
+    names = {"rouge_l", "bleu", "perplexity", "reward", "distinct_1", "distinct_2", "distinct_replies",
+             "self_bleu", "mean_reply_length", "judge_retrieval_accuracy"}
+    assert set(report["validation"]["mle"]) == names and set(report["validation"]["round 1"]) == names
+    assert set(report["validation"]["contrastive"]) == names - {"reward"}
+    header = open(run / "rl_history.csv", encoding="utf-8").readline()
+    for term in ("rouge_l", "judge_relevance", "informativeness", "fluency"):
+        assert f"reward/{term}" in header, term
+    assert report["feedback"]["final_round"] in (0, 1)
+    # Sample replies before and after the rounds, side by side, for the same prompts.
+    assert all(set(s) == {"prompt", "reference", "mle_reply", "reply"} for s in report["samples"])
+    assert out.count("  after MLE:    ") == 2 and out.count("  after rounds: ") == 2
+    assert "judge@20" in out and "selfBLEU" in out
 
     # Run again: the finished MLE stage is loaded, not retrained, and the
     # finished rounds are not run again.

@@ -31,6 +31,7 @@ TINY = {
     "hidden_dim": 16, "num_layers": 2, "num_heads": 2, "batch_size": 8, "learning_rate": 0.01,
     "prompt_length": 24, "response_length": 12, "num_samples": 2, "epochs": 2,
     "rl_steps": 2, "rl_batch_size": 4, "rl_samples": 2, "rl_learning_rate": 1e-3, "feedback_rounds": 1,
+    "feedback_keep_best": False, "feedback_min_distinct": 0.0,  # the final policy is the last round's
 }
 PROMPTS = ["hello 3", "你好 5", "what is your name", ""]
 SCORED = ["hi there", "你好！", "i am a bot, a bot, a bot, a bot", ""]

@@ -49,7 +49,7 @@ BAD = [
     ({"tokenizer": "bpe"}, "tokenizer", "one of ['char', 'wordpiece']"),
     ({"sampler": "bogus"}, "sampler", "one of ['greedy', 'top_k', 'top_p', 'random', 'beam']"),
     ({"rl_baseline": "bogus"}, "rl_baseline", "one of ['rloo', 'self_critical', 'moving_average', 'none']"),
-    ({"rl_reward": "meteor"}, "rl_reward", "one of ['rouge_l', 'bleu', 'article']"),
+    ({"rl_reward": "meteor"}, "rl_reward", "one of ['composite', 'rouge_l', 'bleu', 'article']"),
     ({"strategy": "tpu"}, "strategy", "one of ['default', 'mirrored', 'multi_worker']"),
     ({"contrastive_mode": "x"}, "contrastive_mode", "one of ['sequence_likelihood', 'encoder']"),
     ({"model": "gemma"}, "model", "one of ['lstm', 'gpt2', 'llama']"),
@@ -127,6 +127,21 @@ BAD = [
     ({"dpo_beta": math.inf}, "dpo_beta", "finite"),
     ({"dpo_beta": "strong"}, "dpo_beta", "must be a number"),
     ({"dpo_loss_type": "hinge"}, "dpo_loss_type", "one of ['sigmoid', 'ipo']"),
+    # corpus, composite reward, judge, collapse guard
+    ({"corpus": "reddit"}, "corpus", "one of ['chatterbot', 'chitchat']"),
+    ({"corpus": "chitchat", "language": "zh"}, "language", "must be 'en' for corpus 'chitchat'"),
+    ({"corpus_pairs": 0}, "corpus_pairs", ">= 1"),
+    ({"judge_epochs": -1}, "judge_epochs", ">= 0"),
+    ({"judge_epochs": 0}, "reward_judge", "needs the judge"),
+    ({"reward_rouge_l": 0, "reward_judge": 0, "reward_informativeness": 0, "reward_fluency": 0},
+     "rl_reward", "weight other than 0"),
+    ({"reward_judge": math.nan}, "reward_judge", "finite"),
+    ({"reward_rouge_l": "high"}, "reward_rouge_l", "must be a number"),
+    ({"reward_fluency": math.inf}, "reward_fluency", "finite"),
+    ({"reward_informativeness": None}, "reward_informativeness", "must be a number"),
+    ({"feedback_min_distinct": 1.5}, "feedback_min_distinct", "in [0, 1]"),
+    ({"feedback_min_distinct": -0.1}, "feedback_min_distinct", "in [0, 1]"),
+    ({"feedback_keep_best": "yes"}, "feedback_keep_best", "true or false"),
 ]
 
 
@@ -259,6 +274,10 @@ def test_allowed_names_match_the_code_that_uses_them():
 
     assert set(config_module.MODELS) == set(POLICY_KINDS)
     assert config_module.NUM_RESERVED_TOKENS == NUM_RESERVED
+    from keras_selffb.generator import METRICS
+    from keras_selffb.pipeline import EVAL_METRICS
+
+    assert set(EVAL_METRICS) <= set(METRICS)
 
 
 def test_reading_a_config_imports_no_tensorflow():

@@ -243,3 +243,60 @@ def test_three_rounds_raise_held_out_pass_rate_on_arithmetic(tmp_path):
     # Filtering kept only passing candidates (min_reward 1.0).
     for record in history[1:]:
         assert record["threshold"] == 1.0
+
+
+def test_collapse_guard_stops_and_keeps_the_best_round_that_did_not_collapse(tmp_path, monkeypatch):
+    # Scripted evaluations: ROUGE-L rises every round, but round 2's replies
+    # collapse (3 distinct of round 0's 10, below 0.5 x 10): the loop must
+    # stop there (not run rounds 3-4), and go back to round 1, the best round
+    # that kept enough distinct replies, although round 2 has the best ROUGE-L.
+    script = iter([
+        {"val_reward": 0.1, "val_rouge_l": 0.10, "val_distinct_replies": 10.0},
+        {"val_reward": 0.2, "val_rouge_l": 0.20, "val_distinct_replies": 6.0},
+        {"val_reward": 0.5, "val_rouge_l": 0.50, "val_distinct_replies": 3.0},
+        {"val_reward": 0.9, "val_rouge_l": 0.90, "val_distinct_replies": 2.0},
+    ])
+    loop = make_loop(str(tmp_path), rounds=4, monitor="val_rouge_l", text_metrics=True, min_distinct_fraction=0.5)
+    monkeypatch.setattr(loop, "evaluate", lambda: next(script))
+    history = loop.run()
+    assert [h["round"] for h in history] == [0, 1, 2]
+    assert history[2]["collapsed"] and history[2]["stopped"] and not history[1].get("collapsed")
+    assert loop.best_round() == 1
+    with np.load(tmp_path / "round_1.npz") as data:
+        for i, weight in enumerate(loop.policy.weights):
+            np.testing.assert_array_equal(weight.numpy(), data[f"v{i}"])
+    with np.load(tmp_path / "round_2.npz") as data:  # round 2 really trained: the roll-back mattered
+        assert any(not np.array_equal(w.numpy(), data[f"v{i}"]) for i, w in enumerate(loop.policy.weights))
+
+
+def test_collapse_guard_at_the_floor_does_not_stop(tmp_path, monkeypatch):
+    script = iter([
+        {"val_reward": 0.1, "val_rouge_l": 0.1, "val_distinct_replies": 10.0},
+        {"val_reward": 0.2, "val_rouge_l": 0.2, "val_distinct_replies": 5.0},  # exactly 0.5 x 10: kept
+    ])
+    loop = make_loop(str(tmp_path), rounds=1, monitor="val_rouge_l", text_metrics=True, min_distinct_fraction=0.5)
+    monkeypatch.setattr(loop, "evaluate", lambda: next(script))
+    history = loop.run()
+    assert not history[1].get("collapsed") and loop.best_round() == 1
+
+
+def test_loop_evaluation_reports_diversity_and_the_judges_retrieval(tmp_path):
+    from keras_selffb.models import RelevanceJudge
+    from keras_selffb.training import retrieval_accuracy
+
+    judge = RelevanceJudge(TOKENIZER.vocabulary_size, embedding_dim=8, hidden_dim=8, projection_dim=8)
+    loop = make_loop(rounds=1, text_metrics=True, judge=judge,
+                     eval_metrics=("rouge_l", "distinct_replies", "self_bleu", "mean_reply_length"))
+    metrics = loop.evaluate()
+    assert set(metrics) == {"val_reward", "val_rouge_l", "val_distinct_replies", "val_self_bleu",
+                            "val_mean_reply_length", "val_judge_retrieval_accuracy"}
+    replies = loop.generator.evaluate(loop.validation_pairs, metrics=("distinct_replies",))
+    assert metrics["val_distinct_replies"] == len(set(replies["replies"]))
+    assert metrics["val_judge_retrieval_accuracy"] == pytest.approx(
+        retrieval_accuracy(judge, loop.validation_packed[:, :P], replies["reply_ids"]))
+    with pytest.raises(ValueError, match="min_distinct_fraction"):
+        make_loop(min_distinct_fraction=1.5)
+    with pytest.raises(ValueError, match="eval_metrics"):
+        make_loop(eval_metrics=("rouge_l", "meteor"))
+    with pytest.raises(TypeError, match="judge"):
+        make_loop(judge="not a judge")

@@ -36,7 +36,7 @@ def test_two_worker_pipeline_ends_identical_on_both_workers(tmp_path, methods):
     config = {"embedding_dim": 16, "hidden_dim": 32, "batch_size": 8, "learning_rate": 0.01,
               "prompt_length": 16, "response_length": 12, "num_samples": 1, "epochs": 2,
               "feedback_rounds": 1, "feedback_methods": methods, "rl_steps": 4, "rl_batch_size": 4,
-              "rl_samples": 2}
+              "rl_samples": 2, "feedback_keep_best": False, "feedback_min_distinct": 0.0}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
     workers = [f"localhost:{free_port()}", f"localhost:{free_port()}"]
     run = tmp_path / "run"

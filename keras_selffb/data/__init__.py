@@ -1,5 +1,6 @@
 """Data: file loaders, the embedded dialogue corpus and preference triples."""
 
+from keras_selffb.data.chitchat import load_chitchat
 from keras_selffb.data.loaders import (
     DATA_EXTENSIONS,
     load_chatterbot,

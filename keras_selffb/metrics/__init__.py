@@ -1,4 +1,4 @@
-"""In-graph text metrics: ROUGE, BLEU, perplexity, distinct-n.
+"""In-graph text metrics: ROUGE, BLEU, perplexity, distinct-n; host-side self-BLEU.
 
 Pure functions (string forms for `tf.function`, id forms for XLA too) and
 Keras metrics whose state is sums, so they work in `fit`, `evaluate` and
@@ -25,6 +25,7 @@ from keras_selffb.metrics.rouge import rouge_l_ids
 from keras_selffb.metrics.rouge import rouge_n
 from keras_selffb.metrics.rouge import rouge_n_ids
 from keras_selffb.metrics.rouge_l_metric import RougeL
+from keras_selffb.metrics.self_bleu import self_bleu
 
 __all__ = [
     "BLEUScore",
@@ -45,6 +46,7 @@ __all__ = [
     "rouge_l_ids",
     "rouge_n",
     "rouge_n_ids",
+    "self_bleu",
     "sentence_bleu",
     "sentence_bleu_ids",
 ]

@@ -10,6 +10,7 @@ from keras_selffb.models.generation import (
     special_token_bias,
     truncate_after_eos,
 )
+from keras_selffb.models.judge import RelevanceJudge
 from keras_selffb.models.llm_encoder import LLMEncoder
 from keras_selffb.models.policy_network import PolicyNetwork, frozen_copy
 from keras_selffb.models.scoring import response_token_nll

@@ -2,8 +2,9 @@
 
 Overlap with the reference (`RougeLReward`, `BleuReward`), the article's
 fluency / relevance / informativeness terms and their preset sum
-(`article_reward`), weighted sums (`WeightedReward`) and host-Python
-functions (`PythonReward`). All run inside `tf.function`; see
+(`article_reward`), relevance by a learned judge (`JudgeReward`),
+weighted sums (`WeightedReward`) and host-Python functions
+(`PythonReward`). All run inside `tf.function`; see
 docs/rewards.md for ranges and which ones compile under XLA.
 """
 
@@ -12,6 +13,7 @@ from keras_selffb.rewards.base import Reward, content_mask
 from keras_selffb.rewards.bleu_reward import BleuReward
 from keras_selffb.rewards.fluency_reward import FluencyReward
 from keras_selffb.rewards.informativeness_reward import InformativenessReward
+from keras_selffb.rewards.judge_reward import JudgeReward
 from keras_selffb.rewards.python_reward import PythonReward
 from keras_selffb.rewards.relevance_reward import RelevanceReward
 from keras_selffb.rewards.rouge_l_reward import RougeLReward
@@ -23,6 +25,7 @@ __all__ = [
     "BleuReward",
     "FluencyReward",
     "InformativenessReward",
+    "JudgeReward",
     "PythonReward",
     "RelevanceReward",
     "Reward",

@@ -5,6 +5,7 @@ from keras_selffb.rewards.base import Reward
 from keras_selffb.rewards.bleu_reward import BleuReward
 from keras_selffb.rewards.fluency_reward import FluencyReward
 from keras_selffb.rewards.informativeness_reward import InformativenessReward
+from keras_selffb.rewards.judge_reward import JudgeReward
 from keras_selffb.rewards.python_reward import PythonReward
 from keras_selffb.rewards.relevance_reward import RelevanceReward
 from keras_selffb.rewards.rouge_l_reward import RougeLReward
@@ -16,6 +17,7 @@ REWARDS = {
     "fluency": FluencyReward,
     "relevance": RelevanceReward,
     "informativeness": InformativenessReward,
+    "judge_relevance": JudgeReward,
     "weighted": WeightedReward,
     "python": PythonReward,
     "article": article_reward,
@@ -28,11 +30,11 @@ def get(identifier, **kwargs):
     Args:
         identifier: str, dict or `Reward`. One of `REWARDS` (`"rouge_l"`,
             `"bleu"`, `"fluency"`, `"relevance"`, `"informativeness"`,
-            `"weighted"`, `"python"`, `"article"`), a
+            `"judge_relevance"`, `"weighted"`, `"python"`, `"article"`), a
             `{"class_name": name, "config": {...}}` dict, or a reward,
             returned as is.
         **kwargs: constructor arguments for a named reward, e.g.
-            `tokenizer=...`, `reference_policy=...`, `n=2`.
+            `tokenizer=...`, `reference_policy=...`, `judge=...`, `n=2`.
 
     Example:
 

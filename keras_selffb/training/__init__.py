@@ -16,3 +16,4 @@ from keras_selffb.training.contrastive import (
 from keras_selffb.training.contrastive_trainer import ContrastiveTrainer
 from keras_selffb.training.contrastive_stage import run_contrastive_stage
 from keras_selffb.training.ranking_eval import ranking_agreement, spearman
+from keras_selffb.training.judge_training import JudgeTrainer, retrieval_accuracy, train_judge
