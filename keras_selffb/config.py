@@ -224,7 +224,7 @@ class TrainConfig:
     rl_steps: int = 35
     rl_reward: str = "composite"
     reward_rouge_l: float = 1.0
-    reward_judge: float = 0.5
+    reward_judge: float = 1.0
     reward_informativeness: float = 0.2
     reward_fluency: float = 0.2
     judge_epochs: int = 10

@@ -185,3 +185,17 @@ def test_missing_package_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "chitchat_dataset", None)
     with pytest.raises(ImportError, match="pip install chitchat-dataset"):
         chitchat._conversations.__wrapped__()
+
+
+def test_the_pipeline_reads_chitchat_pairs_that_fit_the_reply_window():
+    from keras_selffb.config import TrainConfig
+    from keras_selffb.pipeline import read_pairs
+    from keras_selffb.run_directory import data_fingerprint
+
+    config = TrainConfig(corpus="chitchat", corpus_pairs=300, response_length=40, seed=4)
+    pairs = read_pairs(config)
+    assert pairs == load_chitchat(max_pairs=300, max_chars=39, seed=4)
+    assert len(pairs) == 300 and all(len(p) <= 39 and len(r) <= 39 for p, r in pairs)
+    assert data_fingerprint(config, pairs)["source"] == "chitchat-dataset"
+    # The chatterbot corpus stays the default.
+    assert read_pairs(TrainConfig()) != pairs and TrainConfig().corpus == "chatterbot"

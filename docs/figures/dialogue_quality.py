@@ -2,6 +2,7 @@
 
     python docs/figures/dialogue_quality.py --dev --seed 0            # choose settings: a development split
     python docs/figures/dialogue_quality.py --seed 0 --settings composite,rouge_l   # report: validation/test
+    python docs/figures/dialogue_quality.py --plot runs/dialogue_quality/report-seed*/results.json
 
 What it does, for one seed:
 
@@ -40,12 +41,12 @@ SETTINGS = {
     "rouge_l": {"rl_reward": "rouge_l", "feedback_min_distinct": 0.0},
     "rouge_l+guard": {"rl_reward": "rouge_l"},
     "composite": {},
-    "judge1": {"reward_judge": 1.0},
+    "judge0.5": {"reward_judge": 0.5},
     "judge2": {"reward_judge": 2.0},
-    "judge1_kl0.2": {"reward_judge": 1.0, "rl_kl_coef": 0.2},
-    "judge1_gamma0.5": {"reward_judge": 1.0, "rl_gamma": 0.5},
-    "judge1_lr2.5e-4": {"reward_judge": 1.0, "rl_learning_rate": 2.5e-4},
-    "judge1_nogreedy": {"reward_judge": 1.0, "rl_include_greedy": False},
+    "kl0.2": {"rl_kl_coef": 0.2},
+    "gamma0.5": {"rl_gamma": 0.5},
+    "lr2.5e-4": {"rl_learning_rate": 2.5e-4},
+    "no_greedy": {"rl_include_greedy": False},
     "rouge+judge": {"reward_informativeness": 0.0, "reward_fluency": 0.0},
 }
 
@@ -84,6 +85,42 @@ def held_out_replies(policy, tokenizer, config, pairs, judge):
     return result["replies"], rouge, np.asarray(success, np.float64)
 
 
+def plot(result_files, path):
+    """ROUGE-L against distinct greedy replies, round by round, per setting and seed: one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    markers = ["o", "s", "^", "D", "v"]
+    for file_index, name in enumerate(result_files):
+        with open(name, encoding="utf-8") as f:
+            results = json.load(f)
+        for index, (setting, entry) in enumerate(sorted(results["settings"].items())):
+            rounds = entry["rounds"]
+            label = f"{setting}, seed {results['seed']}"
+            style = dict(marker=markers[index % len(markers)], linestyle="-" if file_index == 0 else "--",
+                         color=f"C{index}")
+            axes[0].plot([r["distinct_replies"] for r in rounds], [r["rouge_l"] for r in rounds], label=label, **style)
+            axes[1].plot(range(len(rounds)), [r["distinct_2"] for r in rounds], label=label, **style)
+            axes[2].plot(range(len(rounds)), [r["judge_retrieval_accuracy"] for r in rounds], label=label, **style)
+            final = entry["final_round"]
+            axes[0].annotate("kept", (rounds[final]["distinct_replies"], rounds[final]["rouge_l"]), fontsize=7)
+    axes[0].set_xlabel("distinct greedy validation replies")
+    axes[0].set_ylabel("validation ROUGE-L")
+    axes[0].set_title("overlap vs diversity, round by round")
+    axes[1].set_title("validation distinct-2")
+    axes[2].set_title("judge retrieval accuracy (chance 0.05)")
+    for ax in axes[1:]:
+        ax.set_xlabel("round (0 = after MLE)")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
@@ -91,7 +128,11 @@ def main(argv=None):
     parser.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated, of {list(SETTINGS)}")
     parser.add_argument("--work", default="runs/dialogue_quality")
     parser.add_argument("--override", default="", help="extra TrainConfig overrides for every run: k=v,k=v")
+    parser.add_argument("--plot", nargs="+", metavar="RESULTS_JSON",
+                        help="only draw docs/figures/dialogue_quality.png from earlier results.json files")
     args = parser.parse_args(argv)
+    if args.plot:
+        return plot(args.plot, os.path.join(os.path.dirname(os.path.abspath(__file__)), "dialogue_quality.png"))
 
     import keras
     import yaml

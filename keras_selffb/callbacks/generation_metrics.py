@@ -50,8 +50,8 @@ class GenerationMetrics(keras.callbacks.Callback):
             length used for the perplexity of str pairs.
         metrics: names among `keras_selffb.generator.METRICS`
             (`"perplexity"`, `"bleu"`, `"rouge_l"`, `"distinct_1"`,
-            `"distinct_2"`, `"distinct_replies"`). Defaults to the first
-            three.
+            `"distinct_2"`, `"distinct_replies"`, `"self_bleu"`,
+            `"mean_reply_length"`). Defaults to the first three.
         every_n_epochs: int. Score every n-th epoch. Defaults to `1`.
         sampler: str, dict or keras-hub sampler. Defaults to `"greedy"`.
         batch_size: int. Prompts generated at once (over all replicas).
