@@ -32,6 +32,7 @@ TINY = {
     "prompt_length": 24, "response_length": 12, "num_samples": 2, "epochs": 2,
     "rl_steps": 2, "rl_batch_size": 4, "rl_samples": 2, "rl_learning_rate": 1e-3, "feedback_rounds": 1,
     "feedback_keep_best": False, "feedback_min_distinct": 0.0,  # the final policy is the last round's
+    "judge_epochs": 0, "reward_judge": 0.0,  # the judge is tested with the LSTM (tests/test_cli.py)
 }
 PROMPTS = ["hello 3", "你好 5", "what is your name", ""]
 SCORED = ["hi there", "你好！", "i am a bot, a bot, a bot, a bot", ""]

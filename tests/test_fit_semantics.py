@@ -282,6 +282,9 @@ PIPELINE = {
     "prompt_length": 24, "response_length": 16, "num_samples": 1, "epochs": 6, "patience": 6,
     "feedback_rounds": 4, "feedback_methods": "rl", "rl_steps": 4, "rl_batch_size": 4,
     "rl_samples": 2, "seed": 2,
+    # What is tested here is the callbacks' semantics: no relevance judge
+    # (tests/test_cli.py runs the default job's judge), no collapse guard.
+    "judge_epochs": 0, "reward_judge": 0.0, "feedback_min_distinct": 0.0,
 }
 
 
