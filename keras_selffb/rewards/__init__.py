@@ -11,6 +11,7 @@ docs/rewards.md for ranges and which ones compile under XLA.
 from keras_selffb.rewards.article_reward import article_reward
 from keras_selffb.rewards.base import Reward, content_mask
 from keras_selffb.rewards.bleu_reward import BleuReward
+from keras_selffb.rewards.discriminator_reward import DiscriminatorReward
 from keras_selffb.rewards.fluency_reward import FluencyReward
 from keras_selffb.rewards.informativeness_reward import InformativenessReward
 from keras_selffb.rewards.judge_reward import JudgeReward
@@ -23,6 +24,7 @@ from keras_selffb.rewards.weighted_reward import WeightedReward
 __all__ = [
     "REWARDS",
     "BleuReward",
+    "DiscriminatorReward",
     "FluencyReward",
     "InformativenessReward",
     "JudgeReward",

@@ -1,0 +1,219 @@
+"""The SeqGAN oracle benchmark's pieces and `DiscriminatorReward`.
+
+The benchmark lives in `benchmarks/` (not a package): it is imported from
+its path. The oracle's parameters are the real file,
+`benchmarks/data/seqgan_oracle.npz`.
+"""
+
+import importlib.util
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_selffb.models import LLMEncoder
+from keras_selffb.rewards import DiscriminatorReward
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCHMARK = os.path.join(ROOT, "benchmarks", "seqgan_oracle.py")
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("seqgan_oracle_benchmark", BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def oracle(bench):
+    return bench.Oracle()
+
+
+def numpy_log_likelihood(params, ids):
+    """The README's equations, plainly: per-token log p [N, T] of ids [N, T]."""
+
+    def sigmoid(z):
+        return 1.0 / (1.0 + np.exp(-z))
+
+    p = {k: v.astype(np.float64) for k, v in params.items()}
+    n, length = ids.shape
+    h = np.zeros((n, 32))
+    c = np.zeros((n, 32))
+    previous = np.zeros(n, dtype=np.int64)  # generation starts from token 0
+    out = np.zeros((n, length))
+    for t in range(length):
+        x = p["embedding"][previous]
+        i = sigmoid(x @ p["Wi"] + h @ p["Ui"] + p["bi"])
+        f = sigmoid(x @ p["Wf"] + h @ p["Uf"] + p["bf"])
+        o = sigmoid(x @ p["Wog"] + h @ p["Uog"] + p["bog"])
+        c_tilde = np.tanh(x @ p["Wc"] + h @ p["Uc"] + p["bc"])
+        c = f * c + i * c_tilde
+        h = o * np.tanh(c)
+        logits = h @ p["Wo"] + p["bo"]
+        top = logits.max(axis=1, keepdims=True)
+        log_z = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
+        out[:, t] = logits[np.arange(n), ids[:, t]] - log_z
+        previous = ids[:, t]
+    return out
+
+
+def test_oracle_log_likelihood_matches_numpy_equations(bench, oracle):
+    params = bench.load_oracle_parameters()
+    own = oracle.sample(3, seed=11)
+    rng = np.random.default_rng(0)
+    edge = np.array([[0] * 20, [4999] * 20])
+    ids = np.concatenate([own, rng.integers(0, 5000, (3, 20)), edge]).astype(np.int32)
+    expected = numpy_log_likelihood(params, ids)
+    got = oracle.log_likelihood(ids)
+    assert got.shape == (8, 20)
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+    # Chunking does not change the values.
+    np.testing.assert_allclose(oracle.log_likelihood(ids, batch_size=3), got, atol=1e-6)
+
+
+def test_oracle_sampling_is_reproducible(oracle):
+    first = oracle.sample(40, seed=3, batch_size=16)
+    assert first.shape == (40, 20) and first.dtype == np.int32
+    assert first.min() >= 0 and first.max() < 5000
+    np.testing.assert_array_equal(first, oracle.sample(40, seed=3, batch_size=16))
+    assert not np.array_equal(first, oracle.sample(40, seed=4, batch_size=16))
+    assert not np.array_equal(first, oracle.sample(40, seed=3, stream=1, batch_size=16))
+
+
+def test_oracle_entropy_rate_and_uniform_sequences(oracle):
+    # Per-sequence NLL has a std of about 0.55 nats, so 200 sequences give a
+    # mean within about 0.04 (one standard error): +-0.3 is ~8 of them.
+    own = oracle.nll(oracle.sample(200, seed=0, stream=5))
+    assert abs(own - 5.75) < 0.3, own
+    uniform = np.random.default_rng(0).integers(0, 5000, (200, 20))
+    assert abs(oracle.nll(uniform) - 11.4) < 0.3
+
+
+def test_oracle_rejects_bad_ids(oracle):
+    with pytest.raises(ValueError, match="0..4999"):
+        oracle.log_likelihood(np.full((2, 20), 5000))
+    with pytest.raises(ValueError, match=r"\[N, T\]"):
+        oracle.log_likelihood(np.zeros(20, np.int32))
+    with pytest.raises(TypeError, match="integers"):
+        oracle.log_likelihood(np.zeros((2, 20), np.float32))
+
+
+def test_generator_masks_reserved_ids_and_matches_oracle_shapes(bench):
+    policy = bench.OracleGenerator()
+    samples = bench.generator_sample(policy, 33, temperature=1.3, seed=1, batch_size=16)
+    assert samples.shape == (33, 20) and samples.min() >= 0 and samples.max() < 5000
+    np.testing.assert_array_equal(samples, bench.generator_sample(policy, 33, temperature=1.3, seed=1,
+                                                                  batch_size=16))
+    logits = policy(tf.constant(bench.packed_rows(samples[:2])[:, :-1]))
+    probs = tf.nn.softmax(logits, axis=-1).numpy()
+    assert probs[..., :5].max() == 0.0  # PAD, BOS, EOS, UNK, SEP are never generated
+    # Untrained: NLL-test near log(5000) per token.
+    assert abs(bench.generator_nll(policy, samples) - np.log(5000)) < 0.1
+
+
+def small_classifier(vocab_size):
+    return keras.Sequential([
+        LLMEncoder(vocab_size=vocab_size, embedding_dim=8, hidden_dim=8),
+        keras.layers.Dense(1, activation="sigmoid"),
+    ])
+
+
+def test_discriminator_reward_is_the_classifiers_probability():
+    classifier = small_classifier(30)
+    reward = DiscriminatorReward(classifier)
+    ids = np.random.default_rng(0).integers(5, 30, (6, 7)).astype(np.int32)
+    values = reward(None, ids, None).numpy()
+    assert values.shape == (6,) and values.dtype == np.float32
+    assert values.min() >= 0.0 and values.max() <= 1.0
+    np.testing.assert_allclose(values, classifier(ids, training=False).numpy()[:, 0], atol=1e-6)
+    # Inside a tf.function (as the trainers call it), same values.
+    graph = tf.function(lambda c: reward(None, c, None))
+    np.testing.assert_allclose(graph(tf.constant(ids)).numpy(), values, atol=1e-6)
+    assert reward.component_names() == ["discriminator"]
+
+
+def test_discriminator_reward_from_logits_applies_a_sigmoid():
+    classifier = keras.Sequential([LLMEncoder(vocab_size=30, embedding_dim=8, hidden_dim=8), keras.layers.Dense(1)])
+    reward = DiscriminatorReward(classifier, from_logits=True)
+    ids = np.random.default_rng(1).integers(5, 30, (4, 5)).astype(np.int32)
+    expected = tf.sigmoid(classifier(ids)[:, 0]).numpy()
+    np.testing.assert_allclose(reward(None, ids, None).numpy(), expected, atol=1e-6)
+
+
+def test_fit_discriminator_learns_an_easy_toy():
+    keras.utils.set_random_seed(0)
+    reward = DiscriminatorReward(small_classifier(40), learning_rate=0.02)
+    rng = np.random.default_rng(0)
+    real = rng.integers(5, 15, (96, 8))  # small ids
+    fake = rng.integers(30, 40, (96, 8))  # large ids
+    before = reward(None, np.concatenate([real, fake]), None).numpy()
+    history = reward.fit_discriminator(real, fake, epochs=6, batch_size=32, seed=0)
+    assert set(history) == {"loss", "accuracy"} and len(history["loss"]) == 6
+    assert history["loss"][-1] < history["loss"][0]
+    test_real = rng.integers(5, 15, (20, 8))
+    test_fake = rng.integers(30, 40, (20, 8))
+    real_reward = reward(None, test_real, None).numpy()
+    fake_reward = reward(None, test_fake, None).numpy()
+    assert real_reward.min() > fake_reward.max()
+    assert real_reward.mean() - fake_reward.mean() > abs(before[:96].mean() - before[96:].mean()) + 0.3
+    # A second call keeps training the same classifier with the same optimizer.
+    optimizer = reward.optimizer
+    reward.fit_discriminator(real[:8], fake[:8], epochs=1, batch_size=8, seed=1)
+    assert reward.optimizer is optimizer
+
+
+def test_discriminator_reward_errors():
+    reward = DiscriminatorReward(small_classifier(20))
+    with pytest.raises(ValueError, match=r"candidates \[B, N\]"):
+        reward(None, np.zeros((2, 3, 4), np.int32), None)
+    with pytest.raises(TypeError, match="integer candidate ids"):
+        reward(None, np.zeros((2, 3), np.float32), None)
+    with pytest.raises(ValueError, match="same length T"):
+        reward.fit_discriminator(np.ones((4, 5), np.int32), np.ones((4, 6), np.int32))
+    with pytest.raises(ValueError, match=r"\[N, T\]"):
+        reward.fit_discriminator(np.ones(5, np.int32), np.ones((4, 5), np.int32))
+    with pytest.raises(TypeError, match="integer token ids"):
+        reward.fit_discriminator(np.ones((4, 5), np.float32), np.ones((4, 5), np.int32))
+    with pytest.raises(ValueError, match="empty"):
+        reward.fit_discriminator(np.ones((0, 5), np.int32), np.ones((4, 5), np.int32))
+    with pytest.raises(ValueError, match="epochs"):
+        reward.fit_discriminator(np.ones((4, 5), np.int32), np.ones((4, 5), np.int32), epochs=0)
+    with pytest.raises(TypeError, match="Keras classifier"):
+        DiscriminatorReward(lambda ids: ids)
+    wide = DiscriminatorReward(keras.Sequential([LLMEncoder(20, 8, 8), keras.layers.Dense(2)]))
+    with pytest.raises(ValueError, match=r"one value per row"):
+        wide(None, np.ones((2, 3), np.int32), None)
+
+
+def test_benchmark_runs_end_to_end_on_tiny_sizes(bench, tmp_path, monkeypatch):
+    tiny = {
+        **bench.QUICK,
+        "num_train": 48, "num_test": 32, "num_eval": 32, "mle_epochs": 1, "eval_every": 1,
+        "rounds": 1, "eval_every_round": 1, "prompts_per_step": 4, "num_samples": 2,
+        "disc_pretrain_epochs": 1, "disc_samples": 16, "disc_batch_size": 16,
+        "temperatures": [1.1], "num_temperature_eval": 16,
+    }
+    monkeypatch.setattr(bench, "QUICK", tiny)
+    output = tmp_path / "oracle.json"
+    results = bench.main(["--quick", "--seed", "1", "--no-xla", "--output", str(output)])
+    saved = json.loads(output.read_text())
+    assert saved["quick"] is True and saved["seed"] == 1
+    assert (tmp_path / "oracle.png").stat().st_size > 0
+    assert np.isfinite(saved["mle_nll_oracle"]) and saved["mle"]["epoch"] == [0, 1]
+    assert set(saved["methods"]) == set(bench.METHODS)
+    for method in bench.METHODS:
+        curve = saved["methods"][method]
+        assert curve["round"] == [0, 1] and len(curve["nll_oracle"]) == 2
+        assert all(np.isfinite(curve[key][-1]) for key in ("nll_oracle", "nll_test"))
+        assert curve["seconds"] > 0
+    assert set(saved["temperature_curves"]) == {"MLE", *bench.METHODS}
+    assert saved["temperature_curves"]["MLE"]["temperature"] == [1.1]
+    assert 4.0 < saved["oracle_samples_nll_oracle"] < 7.5
+    assert results["mle_nll_test"] == saved["mle_nll_test"]
+    text = bench.table(saved)
+    assert "QUICK RUN" in text and "9.038" in text and "8.736" in text
