@@ -58,6 +58,7 @@ import tensorflow as tf
 from keras_selffb.callbacks import RewardHistograms, TextSamples
 from keras_selffb.generator import DEFAULT_METRICS, METRICS as GENERATOR_METRICS, ResponseGenerator, as_generator, fixed_batches
 from keras_selffb.models.generation import get_sampler, reseed_sampler
+from keras_selffb.models.judge import check_judge
 from keras_selffb.models.policy_network import frozen_copy
 from keras_selffb.text.packing import pack_pairs
 from keras_selffb.text.tokenizer import NUM_RESERVED
@@ -360,8 +361,8 @@ class SelfFeedbackLoop:
             raise ValueError(f"min_distinct_fraction must be in [0, 1]; got {min_distinct_fraction!r}.")
         if min_distinct_fraction and not text_metrics:
             raise ValueError("min_distinct_fraction counts distinct replies, which needs text_metrics=True.")
-        if judge is not None and not callable(getattr(judge, "similarity", None)):
-            raise TypeError(f"The loop's judge must be a RelevanceJudge (with `similarity`); got {type(judge).__name__}.")
+        if judge is not None:
+            check_judge(judge, "SelfFeedbackLoop's judge")
         if not threshold_quantiles or not all(0.0 <= q <= 1.0 for q in threshold_quantiles):
             raise ValueError(f"threshold_quantiles must be in [0, 1]; got {threshold_quantiles}.")
         dpo_options = dict(dpo_options or {})

@@ -29,6 +29,16 @@ MIN_TEMPERATURE = 0.01
 MAX_TEMPERATURE = 1.0
 
 
+def check_judge(judge, owner):
+    """Returns `judge`; TypeError naming `owner` unless it has a `similarity` method."""
+    if not callable(getattr(judge, "similarity", None)):
+        raise TypeError(
+            f"{owner} needs a RelevanceJudge (a model with a "
+            f"`similarity(prompt_ids, reply_ids)` method); got {type(judge).__name__}."
+        )
+    return judge
+
+
 def content_ids(ids):
     """`ids` as int32 with every reserved id (< NUM_RESERVED) turned into PAD.
 

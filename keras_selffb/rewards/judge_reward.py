@@ -26,7 +26,7 @@ prompt) without content tokens.
 
 import tensorflow as tf
 
-from keras_selffb.models.judge import content_ids
+from keras_selffb.models.judge import check_judge, content_ids
 from keras_selffb.rewards.base import Reward, content_mask
 
 # Excluded terms of the log-sum-exp; finite so nothing turns NaN.
@@ -67,12 +67,7 @@ class JudgeReward(Reward):
 
     def __init__(self, judge, name=None):
         super().__init__(name=name)
-        if not callable(getattr(judge, "similarity", None)):
-            raise TypeError(
-                "JudgeReward needs a RelevanceJudge (a model with a "
-                f"`similarity(prompt_ids, reply_ids)` method); got {type(judge).__name__}."
-            )
-        self.judge = judge
+        self.judge = check_judge(judge, "JudgeReward")
 
     def call(self, prompts, candidates, references):
         prompts = tf.cast(prompts, tf.int32)

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from keras_selffb.models.judge import content_ids
+from keras_selffb.models.judge import check_judge, content_ids
 from keras_selffb.text.packing import make_dataset
 from keras_selffb.text.tokenizer import NUM_RESERVED, PAD_ID
 from keras_selffb.training.losses import global_sum, split_packed
@@ -25,15 +25,6 @@ from keras_selffb.training.trackers import RatioTracker, step_logs
 # Masked logits: far below any real one (|cos / t| <= 100), finite so that
 # log-softmax and its gradient stay NaN-free.
 _MASKED_LOGIT = -1e9
-
-
-def _check_judge(judge, owner):
-    if not callable(getattr(judge, "similarity", None)):
-        raise TypeError(
-            f"{owner} needs a RelevanceJudge (a model with a "
-            f"`similarity(prompt_ids, reply_ids)` method); got {type(judge).__name__}."
-        )
-    return judge
 
 
 def same_rows(ids):
@@ -120,7 +111,7 @@ class JudgeTrainer(keras.Model):
 
     def __init__(self, judge, prompt_length, **kwargs):
         super().__init__(**kwargs)
-        self.judge = _check_judge(judge, "JudgeTrainer")
+        self.judge = check_judge(judge, "JudgeTrainer")
         if not isinstance(prompt_length, (int, np.integer)) or prompt_length < 1:
             raise ValueError(f"JudgeTrainer needs a positive int prompt_length; got {prompt_length!r}.")
         self.prompt_length = int(prompt_length)
@@ -237,7 +228,7 @@ def train_judge(
     >>> sorted(history), len(history["loss"])
     (['accuracy', 'loss'], 2)
     """
-    _check_judge(judge, "train_judge")
+    check_judge(judge, "train_judge")
     train_packed = _check_packed(train_packed, prompt_length, "train_packed")
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 2:
         raise ValueError(f"batch_size must be an int >= 2 (in-batch negatives); got {batch_size!r}.")
