@@ -10,13 +10,13 @@ GPT-2 / Llama of a similar parameter count, through `CausalLMPolicy`).
 Prints a table and writes a PNG.
 
     python benchmarks/rl_step.py [--batch 16] [--samples 4] [--repeats 5] [--models lstm,gpt2,llama]
+                                 [--jit-compile-sampling]
 
 Not part of the test suite.
 """
 
 import argparse
 import os
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -30,6 +30,7 @@ from keras_selffb.models import PolicyNetwork, causal_lm_policy  # noqa: E402
 from keras_selffb.rewards import PythonReward, RougeLReward  # noqa: E402
 from keras_selffb.text import CharTokenizer, pack_pairs  # noqa: E402
 from keras_selffb.training import ReinforceTrainer  # noqa: E402
+from step_profile import step_parts, time_call  # noqa: E402  (benchmarks/, beside this script)
 
 
 def rouge_score_reward():
@@ -41,40 +42,12 @@ def rouge_score_reward():
     return rouge_l_python
 
 
-def best_of(fn, repeats):
-    fn()  # trace / warm up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def measure(reward, policy, batch, args):
     trainer = ReinforceTrainer(policy, reward, args.prompt_length, args.response_length,
-                               num_samples=args.samples, seed=0)
+                               num_samples=args.samples, seed=0, jit_compile_sampling=args.jit_compile_sampling)
     trainer.compile(optimizer=keras.optimizers.Adam(1e-4))
-    trainer.optimizer.build(policy.trainable_variables)
-    prompt_ids = batch[:, : args.prompt_length]
-    references = tf.repeat(batch[:, args.prompt_length :], args.samples, axis=0)
-    sample = tf.function(trainer.sample)
-    prompts, candidates = sample(prompt_ids)
-    score = tf.function(lambda: trainer.score(prompts, candidates, references)[1])
-
-    @tf.function
-    def update():
-        with tf.GradientTape() as tape:
-            loss, _ = trainer.compute_losses(batch, candidates=candidates)
-        variables = policy.trainable_variables
-        trainer.optimizer.apply(tape.gradient(loss, variables), variables)
-        return loss
-
-    times = {
-        "sampling": best_of(lambda: sample(prompt_ids), args.repeats),
-        "scoring": best_of(score, args.repeats),
-        "update": best_of(update, args.repeats),
-    }
+    parts, candidates = step_parts(trainer, batch)
+    times = {name: time_call(fn, args.repeats) for name, fn in parts.items()}
     tokens = float(tf.reduce_sum(tf.cast(candidates > 0, tf.float32)))
     return times, tokens
 
@@ -88,6 +61,8 @@ def main():
     parser.add_argument("--response-length", type=int, default=80)
     parser.add_argument("--models", default="lstm",
                         help="comma-separated policies to time: lstm (64/256), gpt2, llama (2 blocks, width 128)")
+    parser.add_argument("--jit-compile-sampling", action="store_true",
+                        help="ReinforceTrainer(jit_compile_sampling=True): the decoding compiled with XLA")
     parser.add_argument("--plot", default="runs/rl_step_benchmark.png")
     args = parser.parse_args()
     keras.utils.set_random_seed(0)

@@ -15,18 +15,19 @@ What one step is, on both sides:
   scored by the same cheap reward, group-scaled advantages, ONE optimizer
   update (Adam, lr `--lr`, global gradient-norm clip 1.0) over all of them,
   token terms averaged over the batch's tokens (`loss_type="dapo"`, TRL's
-  default). Ours: `ReinforceTrainer(num_samples=K, baseline="rloo",
-  scale_rewards="group", loss_type="dapo", num_iterations=1)` through
+  default). Ours: `ReinforceTrainer(num_samples=K, baseline="group_mean",
+  scale_rewards="group", loss_type="dapo", num_iterations=1)` (and
+  `jit_compile_sampling=True` with `--jit-compile-sampling`) through
   `trainer.fit` on packed rows, batch = the prompts. TRL: `GRPOTrainer`
   with `per_device_train_batch_size = prompts x K` (TRL counts
   completions), `num_generations=K`, `num_iterations=1`,
   `gradient_accumulation_steps=1`, `gradient_checkpointing=False` and
   `bf16=False` (TRL defaults to True for both), constant LR. The row
   "GRPO + KL" adds a frozen reference model on both sides (TRL `beta`,
-  ours `kl_coef`, both the k3 estimator). What still differs: our RLOO
-  advantage is TRL's `r - mean(group)` times K / (K - 1); our sampler never
-  draws PAD, BOS, SEP or UNK, TRL's may (a vocabulary of 512: no effect on
-  the work done). Same FLOPs either way.
+  ours `kl_coef`, both the k3 estimator). The advantage is TRL's
+  `(r - mean(group)) / (std(group) + 1e-4)` on both sides. What still
+  differs: our sampler never draws PAD, BOS, SEP or UNK, TRL's may (a
+  vocabulary of 512: no effect on the work done). Same FLOPs either way.
 - DPO: `--dpo-batch` (prompt, chosen, rejected) triples with replies of
   `--completion-length` tokens, `beta`, the sigmoid loss, a frozen copy of
   the initial policy as reference on both sides; one forward of the policy
@@ -48,8 +49,8 @@ faster). A profile splits each GRPO step into generation, reward and update.
     python benchmarks/vs_trl.py --quick    # a smaller check, under 3 minutes
 
 Writes `benchmarks/results/vs_trl.json` (`--output` to change; the
-library-default threads and XLA-sampling runs of docs/benchmarks.md are
-stored next to it). Not part of the test suite.
+library-default threads and `--jit-compile-sampling` runs of
+docs/benchmarks.md are stored next to it). Not part of the test suite.
 """
 
 import argparse
@@ -88,6 +89,7 @@ from keras_selffb.models import causal_lm_policy  # noqa: E402
 from keras_selffb.rewards.base import Reward, content_mask  # noqa: E402
 from keras_selffb.text.tokenizer import BOS_ID, EOS_ID, NUM_RESERVED, RESERVED_TOKENS, SEP_ID  # noqa: E402
 from keras_selffb.training import ReinforceTrainer  # noqa: E402
+from step_profile import median, step_parts, time_call  # noqa: E402  (benchmarks/, beside this script)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,10 +118,11 @@ class BenchConfig:
     # flatter us. On a quiet machine 2 threads help TRL and not us: run
     # `--threads 0` too (docs/benchmarks.md reports both).
     threads: int = 1
-    # Not a library option: our trainer's sampling wrapped in an XLA-compiled
-    # tf.function (the rest of the step stays a plain graph), to measure
-    # what XLA decoding would gain. Keras turns XLA off on CPU by default.
-    xla_sampling: bool = False
+    # Ours: `ReinforceTrainer(jit_compile_sampling=True)`, the decoding loop
+    # compiled with XLA (the rest of the step stays a plain graph; Keras
+    # leaves XLA off on CPU). Off is the trainer's default; the table in
+    # docs/benchmarks.md has both.
+    jit_compile_sampling: bool = False
     seed: int = 0
 
 
@@ -302,10 +305,10 @@ class TRLStepTimes(transformers.TrainerCallback):
 
 def grpo_options(kl_beta):
     """Our ReinforceTrainer's settings matching TRL's GRPO defaults, where it has them (checked at run time)."""
-    wanted = {"loss_type": "dapo", "scale_rewards": "group", "num_iterations": 1}
+    wanted = {"loss_type": "dapo", "scale_rewards": "group", "num_iterations": 1, "baseline": "group_mean"}
     params = inspect.signature(ReinforceTrainer).parameters
     applied = {k: v for k, v in wanted.items() if k in params}
-    # TRL's k3 estimator; rloo is the nearest of our baselines to TRL's group mean.
+    # TRL's k3 estimator and group-mean centring.
     options = {"baseline": "rloo", "kl_coef": kl_beta, "kl_estimator": "k3", **applied}
     return options, sorted(set(wanted) - set(applied))
 
@@ -323,11 +326,10 @@ class OursGRPO:
         self.options, self.missing_options = grpo_options(kl_beta)
         self.trainer = ReinforceTrainer(
             policy, EvenTokenReward(config.completion_length), config.prompt_length, config.completion_length,
-            num_samples=config.group, seed=config.seed, **self.options,
+            num_samples=config.group, seed=config.seed, jit_compile_sampling=config.jit_compile_sampling,
+            **self.options,
         )
         self.trainer.compile(optimizer=keras.optimizers.Adam(config.lr, global_clipnorm=1.0))
-        if config.xla_sampling:
-            self.trainer.sample = tf.function(self.trainer.sample, jit_compile=True)
         rng = np.random.default_rng(config.seed + 1)
         prompts = prompt_rows(config, (config.steps + 1) * config.prompts, seed=config.seed + 1)
         self.rows = np.concatenate([prompts, reply_rows(config, len(prompts), rng)], axis=1)
@@ -343,25 +345,12 @@ class OursGRPO:
         """
         trainer, config = self.trainer, self.config
         batch = tf.constant(self.rows[: config.prompts])
-        prompt_ids = batch[:, : config.prompt_length]
-        references = tf.repeat(batch[:, config.prompt_length:], config.group, axis=0)
-        sample = tf.function(trainer.sample)
-        prompts, candidates = sample(prompt_ids)
-        score = tf.function(lambda: trainer.score(prompts, candidates, references)[1])
-
-        @tf.function
-        def update():  # re-scoring pass, loss, gradients, Adam (and the reward again: negligible)
-            with tf.GradientTape() as tape:
-                loss, _ = trainer.compute_losses(batch, candidates=candidates)
-            variables = trainer.policy.trainable_variables
-            trainer.optimizer.apply(tape.gradient(loss, variables), variables)
-            return loss
-
+        parts, _ = step_parts(trainer, batch)
         # The whole train_step compiled on its own: the step without Keras' fit loop around it.
-        train_step = tf.function(lambda: trainer.train_step(batch))
-        return {name: median_time(fn, config.profile_repeats)
-                for name, fn in (("generation", lambda: sample(prompt_ids)), ("reward", score),
-                                 ("update", update), ("train_step_without_fit", train_step))}
+        parts["train_step_without_fit"] = tf.function(lambda: trainer.train_step(batch))
+        names = {"sampling": "generation", "scoring": "reward"}
+        return {names.get(name, name): time_call(fn, config.profile_repeats, median)
+                for name, fn in parts.items()}
 
 
 class OursDPO:
@@ -376,16 +365,6 @@ class OursDPO:
 
     def run(self, steps):
         return keras_fit_steps(self.trainer, self.rows, self.config.dpo_batch, steps)
-
-
-def median_time(fn, repeats):
-    fn()  # trace / warm up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 # -- TRL's side ------------------------------------------------------------------
@@ -544,7 +523,7 @@ def run(config, output):
     with tempfile.TemporaryDirectory() as scratch:
         for kl_beta in [0.0] + ([config.kl_beta] if config.kl_beta > 0 else []):
             label = "GRPO" if kl_beta == 0 else f"GRPO + KL (beta={kl_beta})"
-            label += " [ours: XLA sampling]" if config.xla_sampling else ""
+            label += " [ours: jit_compile_sampling]" if config.jit_compile_sampling else ""
             model_dir = os.path.join(scratch, f"grpo_{kl_beta}")
             policy, _, results["max_abs_logit_difference"] = build_pair(config, model_dir)
             ours = OursGRPO(policy, config, kl_beta)
@@ -621,7 +600,7 @@ HELP = {
     "kl_beta": "KL coefficient of the 'GRPO + KL' row (0: no such row)", "lr": "learning rate",
     "warmup": "untimed steps first", "steps": "timed steps per block", "rounds": "blocks per side",
     "profile_repeats": "repeats of each profiled part (ours)", "threads": "CPU threads per side (0: defaults)",
-    "xla_sampling": "ours: compile the sampling with XLA (a what-if, not a library option)", "seed": "seed",
+    "jit_compile_sampling": "ours: ReinforceTrainer(jit_compile_sampling=True), XLA decoding", "seed": "seed",
 }
 
 

@@ -19,7 +19,7 @@ from keras_selffb.data.loaders import CORPUS_LANGUAGES, DATA_EXTENSIONS
 # Allowed names, listed here so that reading a config imports no TensorFlow;
 # tests/test_config.py checks each list against the module that uses it.
 SAMPLERS = ("greedy", "top_k", "top_p", "random", "beam")  # models.generation.SAMPLERS
-BASELINES = ("rloo", "self_critical", "moving_average", "none")  # training.baselines.BASELINES
+BASELINES = ("rloo", "group_mean", "self_critical", "moving_average", "none")  # training.baselines.BASELINES
 METHODS = ("rl", "filtered", "contrastive", "dpo")  # loop.METHODS
 DPO_LOSS_TYPES = ("sigmoid", "ipo")  # training.dpo_trainer.LOSS_TYPES
 STRATEGIES = ("default", "mirrored", "multi_worker")  # distribute.STRATEGIES
@@ -161,8 +161,8 @@ class TrainConfig:
         rl_samples: int. Candidates per prompt (K).
         rl_batch_size: int. Prompts per RL step.
         rl_learning_rate: float. Adam learning rate of the RL stage.
-        rl_baseline: str. `"rloo"`, `"self_critical"`, `"moving_average"`
-            or `"none"`.
+        rl_baseline: str. `"rloo"`, `"group_mean"`, `"self_critical"`,
+            `"moving_average"` or `"none"`.
         rl_kl_coef: float. KL penalty to the MLE policy (k3 estimator).
         rl_gamma: float. Weight of the RL loss; `1 - rl_gamma` keeps MLE on
             the references so perplexity does not blow up.
@@ -415,10 +415,10 @@ class TrainConfig:
                 "set rl_include_greedy: false to use them."
             )
         if self.rl_samples < 2 and (
-            ("rl" in methods and self.rl_baseline == "rloo") or methods & {"contrastive", "dpo"}
+            ("rl" in methods and self.rl_baseline in ("rloo", "group_mean")) or methods & {"contrastive", "dpo"}
         ):
             need = next((f"the {m!r} method" for m in ("contrastive", "dpo") if m in methods),
-                        "rl_baseline 'rloo'")
+                        f"rl_baseline {self.rl_baseline!r}")
             raise ValueError(f"Config field 'rl_samples' must be >= 2 for {need}, got {self.rl_samples}.")
 
     @classmethod

@@ -243,17 +243,39 @@ def test_a_fully_filtered_batch_gives_zero_loss():
     assert loss == 0.0 and not grad.any()
 
 
-@pytest.mark.parametrize("baseline", ["rloo", "none"])
+def numpy_group_mean(rewards):
+    grouped = np.reshape(rewards, (-1, K))
+    return (grouped - grouped.mean(1, keepdims=True)).reshape(-1)
+
+
+@pytest.mark.parametrize("baseline", ["rloo", "group_mean", "none"])
 def test_scale_rewards_against_numpy(baseline):
     rewards = np.array([1.0, 3.0, 2.0, 0.0, 0.5, 4.0])
     policy = PolicyNetwork(VOCAB, 4, 4)
-    centred = numpy_rloo(rewards) if baseline == "rloo" else rewards
+    centred = {"rloo": numpy_rloo, "group_mean": numpy_group_mean, "none": np.asarray}[baseline](rewards)
     group_std = np.repeat(rewards.reshape(-1, K).std(axis=1, ddof=1), K)
     for scale, std in (("none", 0.0), ("group", group_std), ("batch", rewards.std(ddof=1))):
         trainer = make(policy, rewards.tolist(), baseline=baseline, scale_rewards=scale)
         _, logs = trainer.compute_losses(BATCH, candidates=CANDIDATES)
         expected = centred if scale == "none" else centred / (std + 1e-4)
         np.testing.assert_allclose(logs["advantages"].numpy(), expected, rtol=1e-6, err_msg=scale)
+
+
+def test_group_mean_baseline_is_grpo_and_scales_the_rloo_gradient():
+    """TRL's GRPO advantage (r - mean) / (std + 1e-4) by hand; the group-mean
+    gradient is (K - 1) / K times RLOO's for the same candidates."""
+    rewards = [1.0, 3.0, 2.0, 0.0, 0.5, 4.0]
+    # Group 1: mean 2, std 1; group 2: mean 1.5, std sqrt(13/4) (ddof 1).
+    std2 = np.sqrt(((0 - 1.5) ** 2 + (0.5 - 1.5) ** 2 + (4 - 1.5) ** 2) / 2)
+    by_hand = [-1 / 1.0001, 1 / 1.0001, 0.0, -1.5 / (std2 + 1e-4), -1 / (std2 + 1e-4), 2.5 / (std2 + 1e-4)]
+    policy = PolicyNetwork(VOCAB, 4, 4)
+    grpo = make(policy, rewards, baseline="group_mean", scale_rewards="group", loss_type="grpo")
+    _, grad_grpo, logs = loss_and_bias_gradient(grpo)
+    np.testing.assert_allclose(logs["advantages"].numpy(), by_hand, rtol=1e-5)
+    _, grad_mean, _ = loss_and_bias_gradient(make(policy, rewards, baseline="group_mean"))
+    _, grad_rloo, _ = loss_and_bias_gradient(make(policy, rewards, baseline="rloo"))
+    assert np.abs(grad_rloo).max() > 1e-3
+    np.testing.assert_allclose(grad_mean, grad_rloo * (K - 1) / K, rtol=1e-5, atol=1e-7)
 
 
 def test_group_scaling_of_a_zero_spread_group_divides_by_the_epsilon():
@@ -358,6 +380,8 @@ def test_completion_lengths_and_truncated_ratio_over_an_epoch():
         (dict(scale_rewards="group", whiten=True), "both rescale the advantages"),
         (dict(scale_rewards="group", num_samples=1, baseline="none"), "need num_samples >= 2"),
         (dict(filter_zero_std_groups=True, num_samples=1, baseline="none"), "need num_samples >= 2"),
+        (dict(baseline="group_mean", num_samples=1), ">= 2 for the group_mean baseline"),
+        (dict(jit_compile_sampling="yes"), "jit_compile_sampling must be True or False"),
     ],
 )
 def test_bad_options(options, message):
@@ -400,3 +424,44 @@ def test_grpo_step_two_replicas_equals_one():
     assert set(logs1) == set(logs2)
     for key in logs1:
         np.testing.assert_allclose(logs1[key], logs2[key], rtol=1e-4, atol=1e-6, err_msg=key)
+
+
+# -- XLA-compiled sampling ---------------------------------------------------------
+
+
+def xla_candidates(policy, sampler, seed, include_greedy=False, jit=True):
+    trainer = ReinforceTrainer(policy, CountReward(), P, N, num_samples=K, sampler=sampler, seed=seed,
+                               include_greedy=include_greedy, jit_compile_sampling=jit)
+    return trainer, trainer.sample(tf.constant(packed([A, B_, C])[:, :P]))[1].numpy()
+
+
+def test_jit_compiled_sampling_greedy_equals_the_graph_and_samples_are_seeded():
+    policy = PolicyNetwork(VOCAB, 6, 6)
+    # Greedy decoding is deterministic: XLA and the graph pick the same ids.
+    _, greedy_xla = xla_candidates(policy, "greedy", None)
+    _, greedy_graph = xla_candidates(policy, "greedy", None, jit=False)
+    np.testing.assert_array_equal(greedy_xla, greedy_graph)
+    # include_greedy's last row of each group is that greedy decode, under XLA too.
+    _, mixed = xla_candidates(policy, "random", 0, include_greedy=True)
+    np.testing.assert_array_equal(mixed[K - 1 :: K], greedy_graph[::K])
+    # Random draws: the same seed gives the same candidates, another seed others;
+    # never a forbidden id, and nothing but PAD after the first EOS.
+    _, first = xla_candidates(policy, "random", 0)
+    _, again = xla_candidates(policy, "random", 0)
+    _, other = xla_candidates(policy, "random", 1)
+    np.testing.assert_array_equal(first, again)
+    assert (first != other).any()
+    assert not np.isin(first, [1, 3, 4]).any()
+    after_eos = np.cumsum(first == EOS_ID, axis=1) - (first == EOS_ID) > 0
+    assert (first[after_eos] == PAD_ID).all()
+
+
+def test_jit_compiled_sampling_trains_under_fit():
+    policy = PolicyNetwork(VOCAB, 6, 6)
+    before = [w.numpy().copy() for w in policy.weights]
+    trainer = ReinforceTrainer(policy, CountReward(), P, N, num_samples=K, seed=0, baseline="group_mean",
+                               scale_rewards="group", loss_type="dapo", jit_compile_sampling=True)
+    trainer.compile(optimizer=keras.optimizers.SGD(0.5))
+    logs = trainer.fit(packed([A, B_, C, 8]), batch_size=2, epochs=1, verbose=0).history
+    assert np.isfinite(logs["loss"][0]) and 1.0 <= logs["completion_length_mean"][0] <= N
+    assert max(np.abs(a.numpy() - b).max() for a, b in zip(policy.weights, before)) > 1e-4

@@ -5,6 +5,9 @@ Pure functions on tensors, so each is tested against hand-computed values.
 - `rloo_advantages`: REINFORCE leave-one-out (Kool et al. 2019; Ahmadian et
   al. 2024): each of the K samples of a prompt is baselined by the mean
   reward of the other K - 1.
+- `group_mean_advantages`: each sample is baselined by the mean reward of
+  its whole group, itself included (GRPO, Shao et al. 2024; TRL's
+  `GRPOTrainer`): `(K - 1) / K` times the RLOO advantage.
 - `self_critical_advantages`: the reward of the greedy decode of the same
   prompt is the baseline (Rennie et al. 2017, SCST).
 - `kl_estimate`: per-token estimators of KL(pi || pi_ref) from samples of pi
@@ -23,7 +26,7 @@ Pure functions on tensors, so each is tested against hand-computed values.
 
 import tensorflow as tf
 
-BASELINES = ("rloo", "self_critical", "moving_average", "none")
+BASELINES = ("rloo", "group_mean", "self_critical", "moving_average", "none")
 KL_ESTIMATORS = ("k1", "k3")
 LOSS_TYPES = ("sequence_sum", "grpo", "dapo", "dr_grpo")
 REWARD_SCALINGS = ("none", "group", "batch")
@@ -50,6 +53,21 @@ def rloo_advantages(rewards, num_samples):
     grouped = group_rewards(rewards, num_samples)
     others = (tf.reduce_sum(grouped, axis=1, keepdims=True) - grouped) / (num_samples - 1)
     return tf.reshape(grouped - others, [-1])
+
+
+def group_mean_advantages(rewards, num_samples):
+    """`r_i - mean_j r_j` over each group of `num_samples` (GRPO's centring); `[B * K]`.
+
+    Example:
+
+    >>> # Two prompts, K = 3 samples each (prompt-major).
+    >>> group_mean_advantages(tf.constant([1.0, 0.0, 0.5, 2.0, 2.0, 2.0]), 3).numpy().tolist()
+    [0.5, -0.5, 0.0, 0.0, 0.0, 0.0]
+    """
+    if num_samples < 2:
+        raise ValueError(f"The group_mean baseline needs num_samples >= 2; got {num_samples}.")
+    grouped = group_rewards(rewards, num_samples)
+    return tf.reshape(grouped - tf.reduce_mean(grouped, axis=1, keepdims=True), [-1])
 
 
 def self_critical_advantages(rewards, greedy_rewards, num_samples):
