@@ -133,6 +133,109 @@ def text_pair_ids(references, hypotheses, tokenize, preprocess=None):
     return ref_ids, ref_len, hyp_ids, hyp_len
 
 
+def host_strings(texts):
+    """`texts` as a list of Python str for the host path, or None.
+
+    Only a list or tuple of str qualifies (a str is a batch of one); any
+    other input keeps the TensorFlow path, whose checks raise the errors.
+    """
+    if isinstance(texts, str):
+        return [texts]
+    if isinstance(texts, (list, tuple)) and all(type(t) is str for t in texts):
+        return list(texts)
+    return None
+
+
+# Little-endian masks keeping the first k bytes of a uint64 word.
+_BYTE_MASKS = np.array([(1 << (8 * k)) - 1 for k in range(8)] + [2**64 - 1],
+                       np.uint64)
+
+
+def _dense(keys):
+    """Index of each key among the distinct keys, and their count."""
+    # A hash table (`tf.unique`) is several times faster than numpy's
+    # sort-based `unique` here.
+    distinct, index = tf.unique(keys.view(np.int64), out_idx=tf.int64)
+    return index.numpy(), int(distinct.shape[0])
+
+
+def host_token_ids(data, starts, lengths):
+    """Exact ids of byte-span tokens: equal bytes, equal id (no hashing).
+
+    A token's first 7 bytes and a "longer" flag make a uint64 key; longer
+    tokens then take 4 more bytes per round, keyed with their id so far.
+    Tokens never hold a NUL, so zero padding cannot make two spans equal.
+
+    Args:
+        data: uint8 array (the texts' bytes, NUL padded at the end).
+        starts: int64 array `[M]`, each token's first byte.
+        lengths: int64 array `[M]`, each token's byte length (>= 1).
+
+    Returns:
+        int64 array `[M]` of ids in `[1, M]`.
+    """
+    padded = np.zeros(data.size + 8, np.uint8)
+    padded[:data.size] = data
+    # words[i]: the 8 bytes from offset i, little-endian.
+    words = np.ndarray((data.size,), "<u8", padded, 0, (1,))
+    longer = lengths > 7
+    keys = words[starts] & _BYTE_MASKS[np.minimum(lengths, 7)]
+    keys |= longer.astype(np.uint64) << np.uint64(56)
+    ids, base = _dense(keys)
+    todo = np.flatnonzero(longer)
+    prefix = ids[todo].astype(np.uint64)
+    offset = 7
+    while todo.size:
+        left = lengths[todo] - offset
+        more = left > 4
+        keys = words[starts[todo] + offset] & _BYTE_MASKS[np.minimum(left, 4)]
+        keys |= (prefix << np.uint64(33)) | (more.astype(np.uint64) << np.uint64(32))
+        index, count = _dense(keys)
+        ids[todo] = base + index
+        base += count
+        todo, prefix, offset = todo[more], index[more].astype(np.uint64), offset + 4
+    return ids.astype(np.int64) + 1
+
+
+def host_text_pair_ids(references, hypotheses, tokenize, preprocess=None):
+    """Token ids of string pairs computed on the host, or None.
+
+    The host path of `text_pair_ids` for eager calls on Python strings with
+    a tokenizer in `segmentation.HOST_METHODS`: numpy segmentation and
+    exact token ids (`host_token_ids`), the same tokens as in-graph.
+
+    Args:
+        references: strings `[B]`.
+        hypotheses: strings `[B]`.
+        tokenize: str. The segmentation method.
+        preprocess: optional callable applied to each Python str first.
+
+    Returns:
+        `(ids, row_splits)`: int64 ids `[M]` (>= 1, equal tokens equal ids)
+        and row splits `[2 * B + 1]`: rows 2p and 2p + 1 are the reference
+        and the hypothesis of pair p; None when the host path does not apply (other inputs,
+        other tokenizers, an empty batch, a NUL in a text).
+    """
+    if not isinstance(tokenize, str) or tokenize not in segmentation.HOST_METHODS:
+        return None
+    refs, hyps = host_strings(references), host_strings(hypotheses)
+    if refs is None or hyps is None or not refs:
+        return None
+    if len(refs) != len(hyps):
+        raise ValueError("`references` and `hypotheses` must have the same "
+                         f"batch size, got {len(refs)} and {len(hyps)}.")
+    texts = [text for pair in zip(refs, hyps) for text in pair]
+    if preprocess is not None:
+        texts = [preprocess(text) for text in texts]
+    spans = segmentation.host_segment(texts, tokenize)
+    if spans is None:
+        return None
+    data, starts, lengths, row_splits = spans
+    if len(starts) >= 2**30:  # ids must fit the round keys
+        return None
+    return host_token_ids(data, starts, lengths), row_splits
+
+
 _STRINGS = tf.TensorSpec([None], tf.string)
 
 

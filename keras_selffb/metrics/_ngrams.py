@@ -31,6 +31,7 @@ of the k-gram at p within its row (< L, so keys never overflow and no
 n-gram is hashed); one row sort per order.
 """
 
+import numpy as np
 import tensorflow as tf
 
 
@@ -274,3 +275,97 @@ def ngram_counts(ref, ref_len, hyp, hyp_len, max_order):
     if tf.executing_eagerly():
         return _ngram_counts_eager(ref, ref_len, hyp, hyp_len, max_order)
     return _ngram_counts(ref, ref_len, hyp, hyp_len, max_order)
+
+
+
+def host_ngram_counts(ids, row_splits, max_order):
+    """Clipped n-gram matches and totals with numpy, for eager string calls.
+
+    `_packed_counts` on the host. Each position's key packs its next
+    `max_order` token digits (0 past the end of its row), high to low, and
+    its side in the low bit. One sort per pair (numpy's vectorised sort)
+    puts equal n-grams of every order next to each other; an order-n group
+    is a run of keys with equal top n digits. As in `_packed_counts`, a
+    side's last r < n tokens form groups of their own, taken back out where
+    the two sides end with the same r tokens. Digits are the ids themselves
+    when they fit in `62 // max_order` bits, else each id's rank within its
+    pair + 1.
+
+    Args:
+        ids: int64 array `[M]` of token ids in `[1, 2**32)` (equal tokens,
+            equal ids).
+        row_splits: int64 array `[2 * B + 1]`: the rows of pair p are
+            2p (its reference) and 2p + 1 (its hypothesis).
+        max_order: int. Highest n-gram order.
+
+    Returns:
+        `(matches, hyp_totals, ref_totals)`, int64 arrays `[B, max_order]`,
+        or None when a pair has `2**(62 // max_order) - 1` tokens or more
+        (the in-graph kernels handle those).
+    """
+    num_pairs = (len(row_splits) - 1) // 2
+    bits = 62 // max_order
+    digit_mask = (1 << bits) - 1
+    lengths = np.diff(row_splits)
+    ref_len, hyp_len = lengths[0::2], lengths[1::2]
+    orders = np.arange(max_order)
+    hyp_totals = np.maximum(hyp_len[:, None] - orders, 0)
+    ref_totals = np.maximum(ref_len[:, None] - orders, 0)
+    pair_len = ref_len + hyp_len
+    width = int(pair_len.max()) if num_pairs else 0
+    count = len(ids)
+    if width >= digit_mask:
+        return None
+    matches = np.zeros((num_pairs, max_order), np.int64)
+    if not count:
+        return matches, hyp_totals, ref_totals
+    row = np.repeat(np.arange(2 * num_pairs), lengths)
+    digits = ids
+    if int(ids.max()) > digit_mask:  # the id's rank within its pair
+        pair = row >> 1
+        distinct, index = np.unique(pair << 32 | ids, return_inverse=True)
+        first = np.searchsorted(distinct >> 32, np.arange(num_pairs))
+        digits = index.reshape(-1) - first[pair] + 1
+    key = digits << (bits * (max_order - 1) + 1)
+    for k in range(1, max_order):
+        key[:-k] |= digits[k:] << (bits * (max_order - 1 - k) + 1)
+    # A row's last r < max_order positions keep only their r digits.
+    row_end = row_splits[1:]
+    for r in range(1, max_order):
+        at = (row_end - r)[lengths >= r]
+        key[at] &= ~((1 << (bits * (max_order - r) + 1)) - 1)
+    key |= row & 1  # the side: 1 for the hypothesis
+    # Each pair's keys in one row of the grid; 0 pads, sorted first.
+    in_grid = np.arange(width) < pair_len[:, None]
+    grid = np.zeros((num_pairs, width), np.int64)
+    grid[in_grid] = key
+    grid.sort(axis=1)
+    keys = grid[in_grid[:, ::-1]]
+    # A group starts at a pair's first key and where the key changes in
+    # its top n digits; its hypothesis count minus its reference count is
+    # 2 * (hypothesis keys) - (keys).
+    change = keys[1:] ^ keys[:-1]
+    pair_start = np.concatenate([[0], np.cumsum(pair_len)])
+    firsts = pair_start[:-1][pair_len > 0]
+    hyp_seen = np.zeros(count + 1, np.int64)
+    np.cumsum(keys & 1, out=hyp_seen[1:])
+    start = np.empty(count, bool)
+    for n in range(1, max_order + 1):
+        np.greater_equal(change, 1 << (1 + bits * (max_order - n)),
+                         out=start[1:])
+        start[firsts] = True
+        bounds = np.append(np.flatnonzero(start), count)
+        sums = np.abs(2 * np.diff(hyp_seen[bounds]) - np.diff(bounds))
+        first_group = np.searchsorted(bounds[:-1], pair_start[:-1])
+        imbalance = np.add.reduceat(sums, np.minimum(first_group, len(sums) - 1))
+        imbalance[pair_len == 0] = 0
+        matches[:, n - 1] = (hyp_len + ref_len - imbalance) // 2
+    # Take out the tails: the last r < n tokens of both sides, when equal.
+    back = np.arange(1, max_order)
+    hyp_at, ref_at = row_splits[2::2, None] - back, row_splits[1::2, None] - back
+    same = ((hyp_len[:, None] >= back) & (ref_len[:, None] >= back)
+            & (digits.take(np.maximum(hyp_at, 0), mode="clip")
+               == digits.take(np.maximum(ref_at, 0), mode="clip")))
+    equal_tails = np.cumsum(np.cumprod(same, axis=1), axis=1)
+    matches[:, 1:] -= equal_tails
+    return matches, hyp_totals, ref_totals

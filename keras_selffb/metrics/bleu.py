@@ -16,14 +16,23 @@ matches, on the 0-100 scale.
 Statistics are per pair (`[B, max_order]` matches and totals, `[B]`
 lengths): sum them over batches or replicas for a corpus score.
 `bleu_statistics_ids` compiles under XLA; the scoring runs in float64.
+
+An eager call on Python strings with the `13a` or `none` tokenizer takes
+the host path: numpy segmentation (`segmentation.host_segment`), exact
+token ids (`_inputs.host_token_ids`) and n-gram counts
+(`_ngrams.host_ngram_counts`), then the same float64 scoring as one cached
+graph. Its statistics are the in-graph ones; other inputs and tokenizers,
+and every call inside a `tf.function`, run in-graph.
 """
 
 import collections
+import functools
 
+import numpy as np
 import tensorflow as tf
 
 from keras_selffb.metrics import _inputs
-from keras_selffb.metrics._ngrams import ngram_counts
+from keras_selffb.metrics._ngrams import host_ngram_counts, ngram_counts
 from keras_selffb.text import segmentation
 
 # Plain TF ops with no Python control flow on tensors: AutoGraph need not
@@ -84,6 +93,59 @@ def _statistics(ref, ref_len, hyp, hyp_len, max_order):
     return BLEUStatistics(matches, totals, hyp_len, ref_len)
 
 
+def _host_preprocess(lowercase):
+    """`_preprocess` on a Python str (sacrebleu's own `lower`, `rstrip`)."""
+    if lowercase:
+        return lambda text: text.lower().rstrip()
+    return str.rstrip
+
+
+def _host_statistics(references, hypotheses, tokenize, lowercase, max_order):
+    """Per-pair statistics as numpy arrays from the host path, or None.
+
+    None when the call is not eager, the inputs are not Python strings or
+    the tokenizer is not a host one (see the module docstring).
+    """
+    if not tf.executing_eagerly():
+        return None
+    pair_ids = _inputs.host_text_pair_ids(references, hypotheses, tokenize,
+                                          _host_preprocess(lowercase))
+    if pair_ids is None:
+        return None
+    counts = host_ngram_counts(*pair_ids, max_order)
+    if counts is None:
+        return None
+    lengths = np.diff(pair_ids[1])
+    return counts[0], counts[1], lengths[1::2], lengths[0::2]
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_score(smooth_method, smooth_value, use_effective_order, rank,
+                    max_order):
+    """`bleu_from_statistics` as one graph for float64 statistics."""
+    batch = [None] * (rank - 1)
+    counts = tf.TensorSpec(batch + [max_order], tf.float64)
+    lengths = tf.TensorSpec(batch, tf.float64)
+    return tf.function(
+        lambda *stats: bleu_from_statistics(
+            *stats, smooth_method=smooth_method, smooth_value=smooth_value,
+            use_effective_order=use_effective_order),
+        input_signature=[counts, counts, lengths, lengths], autograph=False)
+
+
+def _score_host(stats, smooth_method, smooth_value, use_effective_order):
+    """BLEUScore of numpy statistics (`[..., N]`, `[...]`)."""
+    stats = [np.asarray(x, np.float64) for x in stats]
+    try:
+        score = _compiled_score(smooth_method, smooth_value, use_effective_order,
+                                stats[0].ndim, stats[0].shape[-1])
+    except TypeError:  # an unhashable smooth_value (a tensor)
+        score = functools.partial(
+            bleu_from_statistics, smooth_method=smooth_method,
+            smooth_value=smooth_value, use_effective_order=use_effective_order)
+    return score(*stats)
+
+
 @_no_autograph
 def bleu_statistics(references, hypotheses, tokenize="13a", lowercase=False,
                     max_order=4):
@@ -101,6 +163,10 @@ def bleu_statistics(references, hypotheses, tokenize="13a", lowercase=False,
         `BLEUStatistics(matches, totals, hyp_len, ref_len)`.
     """
     _check_order(max_order)
+    host = _host_statistics(references, hypotheses, tokenize, lowercase,
+                            max_order)
+    if host is not None:
+        return BLEUStatistics(*(tf.constant(x, tf.int32) for x in host))
     compiled = _inputs.run_compiled(
         bleu_statistics, references, hypotheses, tokenize=tokenize,
         lowercase=lowercase, max_order=max_order)
@@ -252,10 +318,20 @@ def _bleu(entry, references, hypotheses, tokenize, smooth_method, smooth_value, 
           lowercase, use_effective_order, corpus):
     """`corpus_bleu` (`corpus=True`: statistics summed first) or `sentence_bleu`.
 
-    An eager call with a named tokenizer runs `entry` as one cached graph
-    (`_inputs.run_compiled`); otherwise the ops run where they are called.
+    An eager call on Python strings with a host tokenizer takes the host
+    path (see the module docstring); another eager call with a named
+    tokenizer runs `entry` as one cached graph (`_inputs.run_compiled`);
+    otherwise the ops run where they are called.
     """
     _check_smoothing(smooth_method, smooth_value)
+    _check_order(max_order)
+    host = _host_statistics(references, hypotheses, tokenize, lowercase,
+                            max_order)
+    if host is not None:
+        if corpus:
+            host = [np.sum(x, axis=0) for x in host]
+        return _score_host(host, smooth_method, smooth_value,
+                           use_effective_order)
     compiled = _inputs.run_compiled(
         entry, references, hypotheses, tokenize=tokenize,
         smooth_method=smooth_method, smooth_value=smooth_value,
