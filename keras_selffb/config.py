@@ -27,7 +27,7 @@ MODELS = ("lstm", "gpt2", "llama")  # pipeline.build_policy; the transformers: m
 NUM_RESERVED_TOKENS = 5  # text.tokenizer.NUM_RESERVED
 MAX_SEED = 2**32 - 1  # numpy's seed range
 CORPORA = ("chatterbot", "chitchat")  # pipeline.read_pairs
-RL_REWARDS = ("composite", "rouge_l", "bleu", "article")  # pipeline.make_reward
+RL_REWARDS = ("composite", "rouge_l", "bleu", "chrf", "article")  # pipeline.make_reward
 COMPOSITE_WEIGHTS = ("reward_rouge_l", "reward_judge", "reward_informativeness", "reward_fluency")
 _CHOICES = {
     "corpus": CORPORA,
@@ -140,8 +140,9 @@ class TrainConfig:
             the reference, the learned judge's relevance, informativeness and
             fluency (weights `reward_rouge_l`, `reward_judge`,
             `reward_informativeness`, `reward_fluency`; each logged on its
-            own); `"rouge_l"`, `"bleu"` (against the reference) or
-            `"article"` (fluency + overlap relevance + informativeness).
+            own); `"rouge_l"`, `"bleu"`, `"chrf"` (against the reference;
+            chrF suits translation, docs/translation.md) or `"article"`
+            (fluency + overlap relevance + informativeness).
         reward_rouge_l, reward_judge, reward_informativeness, reward_fluency:
             float. Weights of the `"composite"` reward's terms (0 leaves a
             term out). See docs/reinforce.md for how they were chosen.

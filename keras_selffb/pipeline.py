@@ -342,6 +342,8 @@ def make_reward(config, tokenizer, reference_policy, judge=None):
         return rewards.RougeLReward(tokenizer)
     if config.rl_reward == "bleu":
         return rewards.BleuReward(tokenizer)
+    if config.rl_reward == "chrf":
+        return rewards.ChrFReward(tokenizer)
     if config.rl_reward == "composite":
         terms = [
             (config.reward_rouge_l, lambda: rewards.RougeLReward(tokenizer)),

@@ -49,7 +49,7 @@ BAD = [
     ({"tokenizer": "bpe"}, "tokenizer", "one of ['char', 'wordpiece']"),
     ({"sampler": "bogus"}, "sampler", "one of ['greedy', 'top_k', 'top_p', 'random', 'beam']"),
     ({"rl_baseline": "bogus"}, "rl_baseline", "one of ['rloo', 'group_mean', 'self_critical', 'moving_average', 'none']"),
-    ({"rl_reward": "meteor"}, "rl_reward", "one of ['composite', 'rouge_l', 'bleu', 'article']"),
+    ({"rl_reward": "meteor"}, "rl_reward", "one of ['composite', 'rouge_l', 'bleu', 'chrf', 'article']"),
     ({"strategy": "tpu"}, "strategy", "one of ['default', 'mirrored', 'multi_worker']"),
     ({"contrastive_mode": "x"}, "contrastive_mode", "one of ['sequence_likelihood', 'encoder']"),
     ({"model": "gemma"}, "model", "one of ['lstm', 'gpt2', 'llama']"),

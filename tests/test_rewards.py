@@ -390,7 +390,7 @@ def test_get_by_name_dict_and_instance():
     bleu = rewards.get({"class_name": "bleu", "config": {"smooth_method": "floor"}})
     assert isinstance(bleu, rewards.BleuReward) and bleu.smooth_method == "floor"
     assert rewards.get(bleu) is bleu
-    with pytest.raises(ValueError, match="'rouge_l', 'bleu', 'fluency'"):
+    with pytest.raises(ValueError, match="'rouge_l', 'bleu', 'chrf', 'fluency'"):
         rewards.get("rogue")
 
 
@@ -510,3 +510,14 @@ def test_the_pipelines_composite_reward_is_the_weighted_sum_of_its_four_terms():
     # A weight of 0 leaves its term out.
     lean = make_reward(TrainConfig(reward_fluency=0.0, reward_informativeness=0.0), tokenizer, reference, judge)
     assert lean.component_names() == ["rouge_l", "judge_relevance"]
+
+
+def test_the_pipelines_named_rewards_are_their_classes():
+    from keras_selffb.config import TrainConfig
+    from keras_selffb.pipeline import make_reward
+
+    tokenizer = CharTokenizer.train(TEXTS)
+    expected = {"rouge_l": rewards.RougeLReward, "bleu": rewards.BleuReward, "chrf": rewards.ChrFReward}
+    for name, cls in expected.items():
+        reward = make_reward(TrainConfig(rl_reward=name), tokenizer, None)
+        assert type(reward) is cls and reward.name == name

@@ -15,6 +15,13 @@ from keras_selffb.metrics.bleu import corpus_bleu
 from keras_selffb.metrics.bleu import sentence_bleu
 from keras_selffb.metrics.bleu import sentence_bleu_ids
 from keras_selffb.metrics.bleu_metric import Bleu
+from keras_selffb.metrics.chrf import CHRFStatistics
+from keras_selffb.metrics.chrf import chrf
+from keras_selffb.metrics.chrf import chrf_from_statistics
+from keras_selffb.metrics.chrf import chrf_statistics
+from keras_selffb.metrics.chrf import chrf_statistics_ids
+from keras_selffb.metrics.chrf import sentence_chrf
+from keras_selffb.metrics.chrf import sentence_chrf_ids
 from keras_selffb.metrics.distinct import distinct_n
 from keras_selffb.metrics.perplexity import perplexity
 from keras_selffb.metrics.perplexity import perplexity_statistics
@@ -31,6 +38,7 @@ __all__ = [
     "BLEUScore",
     "BLEUStatistics",
     "Bleu",
+    "CHRFStatistics",
     "Perplexity",
     "RougeL",
     "RougeScore",
@@ -38,6 +46,10 @@ __all__ = [
     "bleu_from_statistics",
     "bleu_statistics",
     "bleu_statistics_ids",
+    "chrf",
+    "chrf_from_statistics",
+    "chrf_statistics",
+    "chrf_statistics_ids",
     "corpus_bleu",
     "distinct_n",
     "perplexity",
@@ -49,4 +61,6 @@ __all__ = [
     "self_bleu",
     "sentence_bleu",
     "sentence_bleu_ids",
+    "sentence_chrf",
+    "sentence_chrf_ids",
 ]

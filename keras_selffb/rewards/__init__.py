@@ -11,6 +11,8 @@ docs/rewards.md for ranges and which ones compile under XLA.
 from keras_selffb.rewards.article_reward import article_reward
 from keras_selffb.rewards.base import Reward, content_mask
 from keras_selffb.rewards.bleu_reward import BleuReward
+from keras_selffb.rewards.code_execution import CodeExecutionReward, run_sandboxed
+from keras_selffb.rewards.chrf_reward import ChrFReward
 from keras_selffb.rewards.discriminator_reward import DiscriminatorReward
 from keras_selffb.rewards.fluency_reward import FluencyReward
 from keras_selffb.rewards.informativeness_reward import InformativenessReward
@@ -24,6 +26,8 @@ from keras_selffb.rewards.weighted_reward import WeightedReward
 __all__ = [
     "REWARDS",
     "BleuReward",
+    "CodeExecutionReward",
+    "ChrFReward",
     "DiscriminatorReward",
     "FluencyReward",
     "InformativenessReward",
@@ -36,4 +40,5 @@ __all__ = [
     "article_reward",
     "content_mask",
     "get",
+    "run_sandboxed",
 ]

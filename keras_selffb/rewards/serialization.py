@@ -3,6 +3,7 @@
 from keras_selffb.rewards.article_reward import article_reward
 from keras_selffb.rewards.base import Reward
 from keras_selffb.rewards.bleu_reward import BleuReward
+from keras_selffb.rewards.chrf_reward import ChrFReward
 from keras_selffb.rewards.fluency_reward import FluencyReward
 from keras_selffb.rewards.informativeness_reward import InformativenessReward
 from keras_selffb.rewards.judge_reward import JudgeReward
@@ -14,6 +15,7 @@ from keras_selffb.rewards.weighted_reward import WeightedReward
 REWARDS = {
     "rouge_l": RougeLReward,
     "bleu": BleuReward,
+    "chrf": ChrFReward,
     "fluency": FluencyReward,
     "relevance": RelevanceReward,
     "informativeness": InformativenessReward,

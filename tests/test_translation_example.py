@@ -1,0 +1,116 @@
+"""The synthetic EN-ZH data set of examples/translation.py: readings, splits, TSV."""
+
+import datetime
+import importlib.util
+import os
+
+import pytest
+
+_PATH = os.path.join(os.path.dirname(__file__), os.pardir, "examples", "translation.py")
+_SPEC = importlib.util.spec_from_file_location("translation_example", _PATH)
+translation = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(translation)
+
+# Hand-written readings (not produced by the code under test).
+NUMBERS = [
+    (0, "zero", "零"),
+    (1, "one", "一"),
+    (7, "seven", "七"),
+    (10, "ten", "十"),
+    (11, "eleven", "十一"),
+    (15, "fifteen", "十五"),
+    (19, "nineteen", "十九"),
+    (20, "twenty", "二十"),
+    (21, "twenty-one", "二十一"),
+    (42, "forty-two", "四十二"),
+    (99, "ninety-nine", "九十九"),
+    (100, "one hundred", "一百"),
+    (101, "one hundred and one", "一百零一"),
+    (110, "one hundred and ten", "一百一十"),
+    (111, "one hundred and eleven", "一百一十一"),
+    (119, "one hundred and nineteen", "一百一十九"),
+    (205, "two hundred and five", "二百零五"),
+    (250, "two hundred and fifty", "二百五十"),
+    (999, "nine hundred and ninety-nine", "九百九十九"),
+    (1000, "one thousand", "一千"),
+    (1001, "one thousand and one", "一千零一"),
+    (1010, "one thousand and ten", "一千零一十"),
+    (1011, "one thousand and eleven", "一千零一十一"),
+    (1100, "one thousand one hundred", "一千一百"),
+    (1105, "one thousand one hundred and five", "一千一百零五"),
+    (1234, "one thousand two hundred and thirty-four", "一千二百三十四"),
+    (2000, "two thousand", "二千"),
+    (2020, "two thousand and twenty", "二千零二十"),
+    (3042, "three thousand and forty-two", "三千零四十二"),
+    (3400, "three thousand four hundred", "三千四百"),
+    (5060, "five thousand and sixty", "五千零六十"),
+    (7008, "seven thousand and eight", "七千零八"),
+    (9999, "nine thousand nine hundred and ninety-nine", "九千九百九十九"),
+]
+
+
+@pytest.mark.parametrize("number,english,chinese", NUMBERS)
+def test_number_readings(number, english, chinese):
+    assert translation.english_number(number) == english
+    assert translation.chinese_number(number) == chinese
+
+
+def test_number_readings_are_one_to_one_and_checked():
+    english = {translation.english_number(n) for n in range(10000)}
+    chinese = {translation.chinese_number(n) for n in range(10000)}
+    assert len(english) == len(chinese) == 10000
+    for bad in (-1, 10000, 2.5):
+        with pytest.raises(ValueError):
+            translation.chinese_number(bad)
+        with pytest.raises(ValueError):
+            translation.english_number(bad)
+
+
+def test_dates():
+    date = datetime.date(2021, 3, 5)
+    assert translation.english_date(date) == "March 5, 2021"
+    assert translation.chinese_date(date) == "2021年3月5日"
+    assert translation.chinese_date(datetime.date(1999, 12, 31)) == "1999年12月31日"
+
+
+def test_splits_are_disjoint_deterministic_and_sized():
+    splits = translation.synthetic_pairs(seed=0)
+    assert {k: len(v) for k, v in splits.items()} == {"train": 750, "dev": 200, "test": 400}
+    sources = {k: {s for s, _ in v} for k, v in splits.items()}
+    targets = {k: {t for _, t in v} for k, v in splits.items()}
+    for a, b in (("train", "dev"), ("train", "test"), ("dev", "test")):
+        assert not sources[a] & sources[b] and not targets[a] & targets[b]
+    assert translation.synthetic_pairs(seed=0) == splits
+    assert translation.synthetic_pairs(seed=1)["test"] != splits["test"]
+    dates = sum("年" in t for _, t in splits["test"])
+    assert dates == 80  # one test pair in five is a date
+    assert all(t == translation.chinese_number(_number(s)) for s, t in splits["test"] if "年" not in t)
+
+
+def _number(english):
+    return next(n for n in range(10000) if translation.english_number(n) == english)
+
+
+def test_orient_and_tsv_round_trip(tmp_path):
+    from keras_selffb.data import load_pairs
+
+    pairs = [("three thousand and forty-two", "三千零四十二"), ("March 5, 2021", "2021年3月5日")]
+    assert translation.orient(pairs, "zh-en") == [(z, e) for e, z in pairs]
+    path = translation.write_tsv(str(tmp_path / "pairs.tsv"), pairs, translation.SYNTHETIC_LABEL)
+    assert load_pairs(path) == pairs
+    assert "SYNTHETIC" in open(path + ".LABEL", encoding="utf-8").read()
+    with pytest.raises(ValueError, match="direction"):
+        translation.orient(pairs, "en-fr")
+
+
+def test_held_out_scores_use_zh_tokenization_and_match_sacrebleu():
+    import sacrebleu
+
+    refs = ["三千零四十二", "2021年3月5日", "一百零一"]
+    hyps = ["三千零四十", "2021年3月5日", "一百零一"]
+    scores = translation.held_out_scores(refs, hyps)
+    assert translation.target_tokenize(refs) == "zh"
+    assert scores["bleu"] == round(sacrebleu.corpus_bleu(hyps, [refs], tokenize="zh").score, 2)
+    assert scores["chrf"] == round(sacrebleu.corpus_chrf(hyps, [refs]).score, 2)
+    assert scores["exact_match"] == round(200 / 3, 2)
+    assert translation.target_tokenize(["three", "four"]) == "13a"
