@@ -20,6 +20,7 @@ from keras_selffb.rewards.judge_reward import JudgeReward
 from keras_selffb.rewards.python_reward import PythonReward
 from keras_selffb.rewards.relevance_reward import RelevanceReward
 from keras_selffb.rewards.rouge_l_reward import RougeLReward
+from keras_selffb.rewards.rouge_n_reward import RougeNReward, rouge_1_reward, rouge_2_reward
 from keras_selffb.rewards.serialization import REWARDS, get
 from keras_selffb.rewards.weighted_reward import WeightedReward
 
@@ -36,9 +37,12 @@ __all__ = [
     "RelevanceReward",
     "Reward",
     "RougeLReward",
+    "RougeNReward",
     "WeightedReward",
     "article_reward",
     "content_mask",
     "get",
     "run_sandboxed",
+    "rouge_1_reward",
+    "rouge_2_reward",
 ]

@@ -10,6 +10,7 @@ from keras_selffb.rewards.judge_reward import JudgeReward
 from keras_selffb.rewards.python_reward import PythonReward
 from keras_selffb.rewards.relevance_reward import RelevanceReward
 from keras_selffb.rewards.rouge_l_reward import RougeLReward
+from keras_selffb.rewards.rouge_n_reward import rouge_1_reward, rouge_2_reward
 from keras_selffb.rewards.weighted_reward import WeightedReward
 
 REWARDS = {
@@ -23,6 +24,8 @@ REWARDS = {
     "weighted": WeightedReward,
     "python": PythonReward,
     "article": article_reward,
+    "rouge_1": rouge_1_reward,
+    "rouge_2": rouge_2_reward,
 }
 
 
@@ -31,8 +34,9 @@ def get(identifier, **kwargs):
 
     Args:
         identifier: str, dict or `Reward`. One of `REWARDS` (`"rouge_l"`,
-            `"bleu"`, `"fluency"`, `"relevance"`, `"informativeness"`,
-            `"judge_relevance"`, `"weighted"`, `"python"`, `"article"`), a
+            `"rouge_1"`, `"rouge_2"`, `"bleu"`, `"chrf"`, `"fluency"`,
+            `"relevance"`, `"informativeness"`, `"judge_relevance"`,
+            `"weighted"`, `"python"`, `"article"`), a
             `{"class_name": name, "config": {...}}` dict, or a reward,
             returned as is.
         **kwargs: constructor arguments for a named reward, e.g.
