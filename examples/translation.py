@@ -234,7 +234,7 @@ def main(argv=None):
     parser.add_argument("--data-seed", type=int, default=0, help="the synthetic set's split")
     parser.add_argument("--train-numbers", type=int, default=600, help="synthetic training numbers")
     parser.add_argument("--train-dates", type=int, default=150, help="synthetic training dates")
-    parser.add_argument("--mle-epochs", type=int, default=40)
+    parser.add_argument("--mle-epochs", type=int, default=80, help="cap; early stopping on dev perplexity (--patience) ends MLE first")
     parser.add_argument("--patience", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rl-steps", type=int, default=40, help="REINFORCE steps per round")
