@@ -19,6 +19,16 @@ is the method, not translation quality on natural text.
     python examples/translation.py --direction zh-en --seed 1
     python examples/translation.py --data my_pairs.tsv    # your own pairs
 
+With `--reward roundtrip` (synthetic set, `--direction zh-en`), the run
+also trains the reverse EN->ZH model by MLE, and the rounds sample fresh
+UNLABELLED Chinese sources (values in no split; `unlabelled_sources`),
+each reply rewarded by chrF(reverse model's greedy back-translation,
+source): no reference is used (`make_roundtrip_reward`). `--mix-labelled`
+adds the training pairs, rewarded by chrF to their reference; rounds are
+still selected by dev chrF against the dev references.
+
+    python examples/translation.py --direction zh-en --reward roundtrip --mle-epochs 40
+
 With `--data FILE.tsv`, the file's pairs are shuffled by the seed and
 split 80/10/10 into train/dev/test (or give `--dev` and `--test` files).
 The run writes `metrics.json` (and the generated TSVs) to `--output`.
@@ -118,6 +128,21 @@ def _split(values, rng, dev, test):
     return values[dev + test:], values[:dev], values[dev: dev + test]
 
 
+def _synthetic_values(seed, dev_size, test_size, first_year, last_year):
+    """The seeded value split shared by `synthetic_pairs` and `unlabelled_sources`.
+
+    Returns `(rng, numbers, dates)`: the random generator (to go on drawing
+    from) and the (train, dev, test) lists of numbers and of dates.
+    """
+    rng = random.Random(seed)
+    dev_dates, test_dates = dev_size // 5, test_size // 5
+    numbers = _split(range(MAX_NUMBER + 1), rng, dev_size - dev_dates, test_size - test_dates)
+    days = (datetime.date(last_year, 12, 31) - datetime.date(first_year, 1, 1)).days + 1
+    dates = _split((datetime.date(first_year, 1, 1) + datetime.timedelta(d) for d in range(days)),
+                   rng, dev_dates, test_dates)
+    return rng, numbers, dates
+
+
 def synthetic_pairs(seed=0, train_numbers=600, train_dates=150, dev_size=200, test_size=400,
                     first_year=1950, last_year=2049):
     """The labelled synthetic EN-ZH data set: `{"train"|"dev"|"test": [(english, chinese)]}`.
@@ -132,12 +157,7 @@ def synthetic_pairs(seed=0, train_numbers=600, train_dates=150, dev_size=200, te
         dev_size, test_size: int. Pairs in the dev and test splits.
         first_year, last_year: int. The dates' year range.
     """
-    rng = random.Random(seed)
-    dev_dates, test_dates = dev_size // 5, test_size // 5
-    numbers = _split(range(MAX_NUMBER + 1), rng, dev_size - dev_dates, test_size - test_dates)
-    days = (datetime.date(last_year, 12, 31) - datetime.date(first_year, 1, 1)).days + 1
-    dates = _split((datetime.date(first_year, 1, 1) + datetime.timedelta(d) for d in range(days)),
-                   rng, dev_dates, test_dates)
+    rng, numbers, dates = _synthetic_values(seed, dev_size, test_size, first_year, last_year)
     limits = {"train": (train_numbers, train_dates), "dev": (None, None), "test": (None, None)}
     splits = {}
     for index, name in enumerate(("train", "dev", "test")):
@@ -147,6 +167,42 @@ def synthetic_pairs(seed=0, train_numbers=600, train_dates=150, dev_size=200, te
         rng.shuffle(pairs)
         splits[name] = pairs
     return splits
+
+
+def unlabelled_sources(seed=0, size=1500, train_numbers=600, train_dates=150, dev_size=200,
+                       test_size=400, first_year=1950, last_year=2049, sample_seed=0, language="zh"):
+    """Fresh synthetic source texts, without references, for self-feedback on unlabelled data.
+
+    The values come from the training split of `synthetic_pairs(seed, ...)`
+    left over after its `train_numbers` numbers and `train_dates` dates, so
+    none of them is a train, dev or test value; about 4 numbers for 1 date,
+    drawn by `sample_seed`. Only the `language` side ("zh" or "en") is
+    returned: no reference translation is used.
+
+    Args:
+        seed, train_numbers, train_dates, dev_size, test_size, first_year,
+            last_year: as in `synthetic_pairs` (the same arguments give the
+            values it left out).
+        size: int. Number of sources.
+        sample_seed: int. Which leftover values are drawn.
+        language: str. `"zh"` (Chinese sources) or `"en"`.
+    """
+    if language not in ("zh", "en"):
+        raise ValueError(f"language must be 'zh' or 'en', got {language!r}.")
+    _, numbers, dates = _synthetic_values(seed, dev_size, test_size, first_year, last_year)
+    spare_numbers, spare_dates = numbers[0][train_numbers:], dates[0][train_dates:]
+    n_dates = size // 5
+    n_numbers = size - n_dates
+    if n_numbers > len(spare_numbers) or n_dates > len(spare_dates):
+        raise ValueError(f"Only {len(spare_numbers)} numbers and {len(spare_dates)} dates are left "
+                         f"over; {size} sources need {n_numbers} and {n_dates}.")
+    rng = random.Random(sample_seed)
+    values = ([("number", n) for n in rng.sample(spare_numbers, n_numbers)]
+              + [("date", d) for d in rng.sample(spare_dates, n_dates)])
+    rng.shuffle(values)
+    if language == "zh":
+        return [chinese_number(v) if kind == "number" else chinese_date(v) for kind, v in values]
+    return [english_number(v) if kind == "number" else english_date(v) for kind, v in values]
 
 
 def orient(pairs, direction):
@@ -206,6 +262,168 @@ def make_reward(name, tokenizer, target_texts):
     return WeightedReward([(chrf_reward, 0.5), (bleu_reward, 0.5)], name="bleu+chrf")
 
 
+def make_roundtrip_reward(reverse_policy, tokenizer, reverse_prompt_length, reverse_response_length,
+                          name="roundtrip"):
+    """A `Reward` scoring a translation by how well the reverse model translates it back.
+
+    For a row whose reference is empty (an UNLABELLED source, packed with a
+    reference of just EOS), the reward of candidate `c` of source `x` is
+    `chrF(back(c), x) / 100`, with `back(c)` the greedy decode of the frozen
+    `reverse_policy` given `c`, scored on token ids (each id one character;
+    equal to sacrebleu's chrF when the source has no whitespace, as Chinese
+    here). A row with a reference (a labelled pair, the dev set) gets the
+    usual `chrF(c, reference) / 100` (sacrebleu-equal, on the detokenized
+    text), so training pairs can be mixed in and rounds are still selected
+    by dev chrF against the references. An empty candidate scores 0.
+    Policy and reverse policy must share `tokenizer`.
+
+    Args:
+        reverse_policy: a `PolicyNetwork` translating the other way; it is
+            only called, never trained.
+        tokenizer: the shared tokenizer.
+        reverse_prompt_length: int. The reverse model's prompt columns
+            (BOS and SEP included); longer candidates keep their last tokens.
+        reverse_response_length: int. Tokens the back-translation decodes.
+        name: str. The logged name.
+    """
+    import tensorflow as tf
+
+    from keras_selffb.models.generation import generate_ids, get_sampler
+    from keras_selffb.metrics import sentence_chrf_ids
+    from keras_selffb.rewards import ChrFReward
+    from keras_selffb.rewards.base import Reward, content_mask
+    from keras_selffb.text.packing import left_pad
+    from keras_selffb.text.tokenizer import BOS_ID, EOS_ID, SEP_ID
+
+    def before_eos(ids):
+        # Content tokens before the first EOS (a sample may run on without one).
+        seen_eos = tf.cumsum(tf.cast(tf.equal(ids, EOS_ID), tf.int32), axis=1) > 0
+        return content_mask(ids) & ~seen_eos
+
+    class RoundTripReward(Reward):
+        default_name = "roundtrip"
+
+        def __init__(self):
+            super().__init__(name)
+            self.reference_chrf = ChrFReward(tokenizer)
+            self.sampler = get_sampler("greedy")
+
+        def back_translate(self, candidates):
+            """Greedy reverse-model decodes `[B, reverse_response_length]` of the candidates' text."""
+            candidates = tf.cast(candidates, tf.int32)
+            text = tf.ragged.boolean_mask(candidates, before_eos(candidates))
+            text = text[:, -(reverse_prompt_length - 2):]
+            rows = text.nrows()
+            prompt = tf.concat([tf.RaggedTensor.from_tensor(tf.fill([rows, 1], BOS_ID)), text,
+                                tf.RaggedTensor.from_tensor(tf.fill([rows, 1], SEP_ID))], axis=1)
+            prompt = left_pad(prompt, reverse_prompt_length)
+            return tf.stop_gradient(generate_ids(reverse_policy, prompt, reverse_response_length, self.sampler))
+
+        def roundtrip(self, prompts, candidates):
+            prompts = tf.cast(prompts, tf.int32)
+            back = self.back_translate(candidates)
+            score = sentence_chrf_ids(prompts, back, ref_mask=content_mask(prompts), hyp_mask=before_eos(back))
+            has_text = tf.reduce_any(before_eos(tf.cast(candidates, tf.int32)), axis=1)
+            return tf.where(has_text, tf.cast(score, tf.float32) / 100.0, 0.0)
+
+        @tf.autograph.experimental.do_not_convert  # no Python control flow on tensors here
+        def call(self, prompts, candidates, references):
+            labelled = tf.reduce_any(content_mask(references), axis=1)
+            with_reference = self.reference_chrf(prompts, candidates, references)
+            return tf.where(labelled, with_reference, self.roundtrip(prompts, candidates))
+
+    return RoundTripReward()
+
+
+def train_mle(policy, packed, dev_packed, prompt_length, args, directory, epochs=None):
+    """MLE with early stopping on dev perplexity (the example's first stage)."""
+    import keras
+    import numpy as np
+
+    from keras_selffb.text import make_dataset
+    from keras_selffb.training import MLETrainer
+    from keras_selffb.training.checkpoint import fit_resumable
+
+    mle = MLETrainer(policy, prompt_length)
+    mle.compile(optimizer=keras.optimizers.Adam(3e-3, clipnorm=1.0))
+    epochs = epochs or args.mle_epochs
+    order = np.random.default_rng(args.seed)
+    epoch_orders = [order.permutation(len(packed)) for _ in range(epochs)]
+    fit_resumable(
+        mle, lambda epoch: make_dataset(packed[epoch_orders[epoch]], 32), epochs,
+        directory, validation_data=make_dataset(dev_packed, 64),
+        monitor="val_perplexity", mode="min", patience=args.patience, verbose=2,
+    )
+
+
+def roundtrip_stage(args, tokenizer, policy, generator, splits, prompt_length, response_length):
+    """Trains the reverse EN->ZH model, builds the round-trip reward and the rounds' (unlabelled) pairs.
+
+    Returns `(reward, rl_pairs, record)`: the rounds sample `rl_pairs`
+    (unlabelled sources with an empty reference, plus the training pairs
+    with `--mix-labelled`); `record` goes to metrics.json.
+    """
+    import keras
+    import numpy as np
+    import sacrebleu
+    import tensorflow as tf
+
+    from keras_selffb.generator import ResponseGenerator
+    from keras_selffb.models import PolicyNetwork
+    from keras_selffb.text import pack_pairs
+
+    start = time.perf_counter()
+    train, dev, test = splits["train"], splits["dev"], splits["test"]
+    flip = lambda pairs: [(t, s) for s, t in pairs]  # noqa: E731
+    # The reverse model reads a forward reply (at most response_length - 1
+    # tokens) and writes a forward source (at most prompt_length - 2).
+    reverse_prompt_length, reverse_response_length = response_length + 1, prompt_length - 1
+    keras.utils.set_random_seed(args.seed + 1000)
+    reverse = PolicyNetwork(tokenizer.vocabulary_size, embedding_dim=64, hidden_dim=args.hidden, dropout=0.1)
+    train_mle(reverse, pack_pairs(tokenizer, flip(train), reverse_prompt_length, reverse_response_length, warn=False),
+              pack_pairs(tokenizer, flip(dev), reverse_prompt_length, reverse_response_length, warn=False),
+              reverse_prompt_length, args, os.path.join(args.output, "checkpoints", "reverse_mle"),
+              epochs=args.reverse_mle_epochs)
+    reverse.trainable = False
+    back = ResponseGenerator(reverse, tokenizer, reverse_prompt_length, reverse_response_length, batch_size=200)
+    reverse_test = held_out_scores([s for s, _ in test], back([t for _, t in test]))
+    print(f"reverse (en-zh) MLE done in {time.perf_counter() - start:.0f} s; test {reverse_test}")
+
+    sources = unlabelled_sources(args.data_seed, args.unlabelled, args.train_numbers, args.train_dates,
+                                 sample_seed=args.seed)
+    labelled_sources = {s for pairs in splits.values() for s, _ in pairs}
+    if labelled_sources & set(sources) or max(len(s) for s in sources) > prompt_length - 2:
+        raise RuntimeError("unlabelled sources must be new values that fit the prompt length")
+    unlabelled = [(s, "") for s in sources]  # empty reference: packed as EOS alone, never trained on
+    rl_pairs = unlabelled + (list(train) if args.mix_labelled else [])
+    reward = make_roundtrip_reward(reverse, tokenizer, reverse_prompt_length, reverse_response_length)
+
+    # Check the in-graph reward against plain Python on a few unlabelled sources:
+    # sacrebleu chrF of the (string-level) back-translation of the forward reply vs the source.
+    check = sources[:16]
+    replies = generator(check)
+    packed = pack_pairs(tokenizer, [(s, r) for s, r in zip(check, replies)], prompt_length, response_length,
+                        warn=False)
+    empty = pack_pairs(tokenizer, [(s, "") for s in check], prompt_length, response_length, warn=False)
+    in_graph = reward(tf.constant(packed[:, :prompt_length]), tf.constant(packed[:, prompt_length:]),
+                      tf.constant(empty[:, prompt_length:])).numpy()
+    backs = back(replies)
+    python = np.array([sacrebleu.CHRF().sentence_score(b, [s]).score / 100 if r else 0.0
+                       for s, r, b in zip(check, replies, backs)])
+    gap = float(np.max(np.abs(in_graph - python)))
+    print(f"round-trip reward check on {len(check)} sources: max |in-graph - sacrebleu| = {gap:.2e}; "
+          f"mean reward {python.mean():.4f}")
+    for s, r, b, v in list(zip(check, replies, backs, in_graph))[:3]:
+        print(f"  {s} -> {r} -> {b}: {v:.4f}")
+    if gap > 1e-4:
+        raise RuntimeError(f"the in-graph round-trip reward differs from sacrebleu by {gap}")
+    record = {"roundtrip": {"unlabelled_sources": len(sources), "mix_labelled": args.mix_labelled,
+                            "rl_pairs": len(rl_pairs), "reverse_test": reverse_test,
+                            "reward_check_max_gap": gap,
+                            "reverse_seconds": round(time.perf_counter() - start, 1)}}
+    return reward, rl_pairs, record
+
+
 def read_splits(args):
     from keras_selffb.data import load_pairs
 
@@ -238,7 +456,16 @@ def main(argv=None):
     parser.add_argument("--patience", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rl-steps", type=int, default=40, help="REINFORCE steps per round")
-    parser.add_argument("--reward", default="chrf", choices=["chrf", "bleu", "bleu+chrf"])
+    parser.add_argument("--reward", default="chrf", choices=["chrf", "bleu", "bleu+chrf", "roundtrip"],
+                        help="roundtrip (synthetic zh-en): rounds on unlabelled sources, rewarded by "
+                             "chrF(back-translation, source) with an EN->ZH model trained in the same run")
+    parser.add_argument("--unlabelled", type=int, default=1500, help="roundtrip: unlabelled sources")
+    parser.add_argument("--reverse-mle-epochs", type=int, default=80,
+                        help="roundtrip: the reverse model's MLE cap (early stopping ends it first)")
+    parser.add_argument("--mix-labelled", action="store_true",
+                        help="roundtrip: the rounds also sample the training pairs (rewarded by chrF to the reference)")
+    parser.add_argument("--gamma", type=float, default=None,
+                        help="RL weight (1 - gamma weighs MLE on references); default 0.9, 1.0 with roundtrip")
     parser.add_argument("--method", default="rl", choices=["rl", "filtered", "rl,filtered"])
     parser.add_argument("--rl-lr", type=float, default=5e-4, help="learning rate of the rounds")
     parser.add_argument("--kl", type=float, default=0.02, help="KL penalty to the MLE policy")
@@ -246,17 +473,20 @@ def main(argv=None):
     parser.add_argument("--output", default=None, help="run directory (default runs/translation_<direction>_<seed>)")
     args = parser.parse_args(argv)
     name = "custom" if args.data else args.direction
+    roundtrip = args.reward == "roundtrip"
+    if roundtrip and (args.data or args.direction != "zh-en"):
+        raise SystemExit("--reward roundtrip runs on the synthetic set, --direction zh-en.")
+    args.gamma = args.gamma if args.gamma is not None else (1.0 if roundtrip else 0.9)
+    if roundtrip and args.gamma < 1.0:
+        raise SystemExit("--reward roundtrip needs --gamma 1: unlabelled rows have no reference to train MLE on.")
     args.output = args.output or os.path.join("runs", f"translation_{name}_{args.seed}")
 
     import keras
-    import numpy as np
 
     from keras_selffb.generator import ResponseGenerator
     from keras_selffb.loop import SelfFeedbackLoop
     from keras_selffb.models import PolicyNetwork, frozen_copy
-    from keras_selffb.text import CharTokenizer, make_dataset, pack_pairs
-    from keras_selffb.training import MLETrainer
-    from keras_selffb.training.checkpoint import fit_resumable
+    from keras_selffb.text import CharTokenizer, pack_pairs
 
     start = time.perf_counter()
     keras.utils.set_random_seed(args.seed)
@@ -274,15 +504,7 @@ def main(argv=None):
     dev_packed = pack_pairs(tokenizer, dev, prompt_length, response_length, warn=False)
 
     policy = PolicyNetwork(tokenizer.vocabulary_size, embedding_dim=64, hidden_dim=args.hidden, dropout=0.1)
-    mle = MLETrainer(policy, prompt_length)
-    mle.compile(optimizer=keras.optimizers.Adam(3e-3, clipnorm=1.0))
-    order = np.random.default_rng(args.seed)
-    epoch_orders = [order.permutation(len(packed)) for _ in range(args.mle_epochs)]
-    fit_resumable(
-        mle, lambda epoch: make_dataset(packed[epoch_orders[epoch]], 32), args.mle_epochs,
-        os.path.join(args.output, "checkpoints", "mle"), validation_data=make_dataset(dev_packed, 64),
-        monitor="val_perplexity", mode="min", patience=args.patience, verbose=2,
-    )
+    train_mle(policy, packed, dev_packed, prompt_length, args, os.path.join(args.output, "checkpoints", "mle"))
     mle_seconds = time.perf_counter() - start
     generator = ResponseGenerator(policy, tokenizer, prompt_length, response_length, batch_size=200)
     references = [t for _, t in test]
@@ -290,14 +512,19 @@ def main(argv=None):
     before = held_out_scores(references, before_replies)
     print(f"MLE done in {mle_seconds:.0f} s; test {before}")
 
-    reward = make_reward(args.reward, tokenizer, [t for _, t in train])
+    rl_pairs, extra = train, {}
+    if roundtrip:
+        reward, rl_pairs, extra = roundtrip_stage(args, tokenizer, policy, generator, splits,
+                                                  prompt_length, response_length)
+    else:
+        reward = make_reward(args.reward, tokenizer, [t for _, t in train])
     reference_policy = frozen_copy(policy)
     loop = SelfFeedbackLoop(
-        policy, tokenizer, reward, train, dev, prompt_length, response_length,
+        policy, tokenizer, reward, rl_pairs, dev, prompt_length, response_length,
         methods=tuple(args.method.split(",")), rounds=args.rounds, num_samples=4, temperature=1.0,
         rl_steps=args.rl_steps, rl_batch_size=16, rl_learning_rate=args.rl_lr,
         rl_options={"baseline": "rloo", "kl_coef": args.kl, "reference_policy": reference_policy,
-                    "gamma": 0.9, "include_greedy": True},
+                    "gamma": args.gamma, "include_greedy": True},
         threshold_quantiles=(0.5, 0.6, 0.7), epochs_per_round=1, learning_rate=args.rl_lr,
         monitor="val_reward", restore_best=True, eval_metrics=("bleu",),
         directory=os.path.join(args.output, "checkpoints", "loop"), log_dir=args.output,
@@ -324,7 +551,9 @@ def main(argv=None):
         "data": source, "label": SYNTHETIC_LABEL if source == "synthetic" else None,
         "direction": None if args.data else args.direction, "seed": args.seed, "data_seed": args.data_seed,
         "examples": {k: len(v) for k, v in splits.items()}, "reward": reward.name, "method": args.method,
-        "settings": {k: getattr(args, k) for k in ("train_numbers", "train_dates", "mle_epochs", "patience", "rounds", "rl_steps", "rl_lr", "kl", "hidden")},
+        "settings": {k: getattr(args, k) for k in ("train_numbers", "train_dates", "mle_epochs", "patience", "rounds", "rl_steps", "rl_lr", "kl", "hidden", "gamma")},
+        **({"reverse_mle_epochs": args.reverse_mle_epochs} if roundtrip else {}),
+        **extra,
         "bleu_tokenize": target_tokenize(references),
         "test": {"mle": before, "self_feedback": after},
         "dev_rounds": [{"round": h["round"], **{k: round(v, 4) for k, v in h["metrics"].items()}}

@@ -114,3 +114,49 @@ def test_held_out_scores_use_zh_tokenization_and_match_sacrebleu():
     assert scores["chrf"] == round(sacrebleu.corpus_chrf(hyps, [refs]).score, 2)
     assert scores["exact_match"] == round(200 / 3, 2)
     assert translation.target_tokenize(["three", "four"]) == "13a"
+
+
+def test_unlabelled_sources_are_new_values():
+    splits = translation.synthetic_pairs(seed=0)
+    sources = translation.unlabelled_sources(seed=0, size=500, sample_seed=3)
+    labelled = {zh for pairs in splits.values() for _, zh in pairs}
+    assert len(sources) == len(set(sources)) == 500 and not set(sources) & labelled
+    assert sum("年" in s for s in sources) == 100  # one in five is a date
+    assert translation.unlabelled_sources(seed=0, size=500, sample_seed=3) == sources
+    english = translation.unlabelled_sources(seed=0, size=500, sample_seed=3, language="en")
+    assert not set(english) & {en for pairs in splits.values() for en, _ in pairs}
+
+
+@pytest.mark.filterwarnings("ignore:.*kept their last tokens")
+def test_roundtrip_reward_matches_sacrebleu_on_the_back_translation():
+    import keras
+    import numpy as np
+    import sacrebleu
+
+    from keras_selffb.generator import ResponseGenerator
+    from keras_selffb.models import PolicyNetwork
+    from keras_selffb.text import CharTokenizer, pack_pairs
+
+    pairs = [(zh, en) for en, zh in translation.synthetic_pairs(seed=0)["train"][:40]]
+    tokenizer = CharTokenizer.train([t for pair in pairs for t in pair])
+    prompt_length, response_length = 14, 48
+    keras.utils.set_random_seed(7)
+    reverse = PolicyNetwork(tokenizer.vocabulary_size, embedding_dim=8, hidden_dim=16)
+    reverse_prompt_length, reverse_response_length = 12, 9  # long candidates keep their last 10 tokens
+    reward = translation.make_roundtrip_reward(reverse, tokenizer, reverse_prompt_length,
+                                               reverse_response_length)
+    # Any sources do (the back-translation reads only the candidate); these share characters
+    # with what this untrained reverse model writes, so some rewards lie strictly between 0 and 1.
+    sources = ["二千二百二十二", "九千五百七十一", "1957年6月29日", "1999年12月1日", pairs[4][0]]
+    candidates = [pairs[0][1], "nine", "", "one thousand and ten and more words", pairs[4][1][:10]]
+    references = ["", "", "", "", pairs[4][1]]  # unlabelled rows, then one labelled row
+    packed = pack_pairs(tokenizer, list(zip(sources, candidates)), prompt_length, response_length, warn=False)
+    refs = pack_pairs(tokenizer, list(zip(sources, references)), prompt_length, response_length, warn=False)
+    got = reward(packed[:, :prompt_length], packed[:, prompt_length:], refs[:, prompt_length:]).numpy()
+
+    back = ResponseGenerator(reverse, tokenizer, reverse_prompt_length, reverse_response_length)(candidates)
+    expected = [sacrebleu.CHRF().sentence_score(b, [s]).score / 100 if c else 0.0
+                for s, c, b in zip(sources, candidates, back)]
+    expected[4] = sacrebleu.CHRF().sentence_score(candidates[4], [references[4]]).score / 100
+    assert any(0 < e < 1 for e in expected[:4])  # the untrained model's back-translations score in between
+    np.testing.assert_allclose(got, expected, atol=1e-5)
