@@ -107,7 +107,8 @@ def text_pair_ids(references, hypotheses, tokenize, preprocess=None):
         `(ref_ids, ref_len, hyp_ids, hyp_len)`: int64 ids `[B, T]` (equal
         tokens, equal ids; 0 is padding) and int32 lengths `[B]`.
     """
-    segmentation.get_segmenter(tokenize)  # unknown names fail first
+    if tokenize is not None:
+        segmentation.get_segmenter(tokenize)  # unknown names fail first
     refs = segmentation.as_string_batch(references, "references")
     hyps = segmentation.as_string_batch(hypotheses, "hypotheses")
     checks = check_batch(refs, hyps, ("references", "hypotheses"))
@@ -264,20 +265,22 @@ def run_compiled(function, references, hypotheses, **settings):
         references: strings `[B]`.
         hypotheses: strings `[B]`.
         **settings: its other arguments. A callable `tokenize` or an
-            unhashable value (a tensor) keeps the op-by-op path.
+            unhashable value (a tensor) keeps the op-by-op path; a metric
+            without a `tokenize` setting (chrF) always takes the graph.
 
     Returns:
         `function`'s result, or None when the fast path does not apply.
     """
     tokenize = settings.get("tokenize")
-    if not tf.executing_eagerly() or not isinstance(tokenize, str):
+    if not tf.executing_eagerly() or ("tokenize" in settings and not isinstance(tokenize, str)):
         return None
     key = tuple(sorted(settings.items()))
     try:
         hash(key)
     except TypeError:
         return None
-    segmentation.get_segmenter(tokenize)  # unknown names fail first
+    if tokenize is not None:
+        segmentation.get_segmenter(tokenize)  # unknown names fail first
     refs = segmentation.as_string_batch(references, "references")
     hyps = segmentation.as_string_batch(hypotheses, "hypotheses")
     check_batch(refs, hyps, ("references", "hypotheses"))

@@ -40,7 +40,6 @@ Python lowercase is longer (U+0130).
 """
 
 import collections
-import functools
 
 import tensorflow as tf
 
@@ -137,25 +136,6 @@ def _join(parts):
     return CHRFStatistics(*(tf.concat([p[i] for p in parts], axis=1) for i in range(3)))
 
 
-@functools.lru_cache(maxsize=64)
-def _compiled(function, settings):
-    """One graph per (string function, settings), for any batch size."""
-    kwargs = dict(settings)
-    spec = tf.TensorSpec([None], tf.string)
-    return tf.function(lambda references, hypotheses: function(references, hypotheses, **kwargs),
-                       input_signature=[spec, spec], autograph=False)
-
-
-def _run_compiled(function, references, hypotheses, **settings):
-    """Eager calls: check the inputs here, then run one cached graph (None in a graph)."""
-    if not tf.executing_eagerly():
-        return None
-    refs = segmentation.as_string_batch(references, "references")
-    hyps = segmentation.as_string_batch(hypotheses, "hypotheses")
-    _inputs.check_batch(refs, hyps, ("references", "hypotheses"))
-    return _compiled(function, tuple(sorted(settings.items())))(refs, hyps)
-
-
 @_no_autograph
 def chrf_statistics(references, hypotheses, char_order=CHAR_ORDER, word_order=WORD_ORDER,
                     lowercase=False, whitespace=False):
@@ -174,7 +154,7 @@ def chrf_statistics(references, hypotheses, char_order=CHAR_ORDER, word_order=WO
         `CHRFStatistics(hyp, ref, matches)`, int32 `[B, char_order + word_order]`.
     """
     _check_orders(char_order, word_order)
-    compiled = _run_compiled(chrf_statistics, references, hypotheses, char_order=char_order,
+    compiled = _inputs.run_compiled(chrf_statistics, references, hypotheses, char_order=char_order,
                              word_order=word_order, lowercase=lowercase, whitespace=whitespace)
     if compiled is not None:
         return compiled
