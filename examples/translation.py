@@ -263,7 +263,7 @@ def make_reward(name, tokenizer, target_texts):
 
 
 def make_roundtrip_reward(reverse_policy, tokenizer, reverse_prompt_length, reverse_response_length,
-                          name="roundtrip"):
+                          name="roundtrip", exact_weight=0.0):
     """A `Reward` scoring a translation by how well the reverse model translates it back.
 
     For a row whose reference is empty (an UNLABELLED source, packed with a
@@ -277,6 +277,12 @@ def make_roundtrip_reward(reverse_policy, tokenizer, reverse_prompt_length, reve
     by dev chrF against the references. An empty candidate scores 0.
     Policy and reverse policy must share `tokenizer`.
 
+    With `exact_weight` w > 0 the reward is `(1 - w) * chrF + w * exact`,
+    where `exact` is 1 when the back-translation equals the source (an
+    unlabelled row) or the candidate equals the reference (a labelled row),
+    token for token. This pays whole correct translations, not only more
+    correct characters.
+
     Args:
         reverse_policy: a `PolicyNetwork` translating the other way; it is
             only called, never trained.
@@ -285,6 +291,7 @@ def make_roundtrip_reward(reverse_policy, tokenizer, reverse_prompt_length, reve
             (BOS and SEP included); longer candidates keep their last tokens.
         reverse_response_length: int. Tokens the back-translation decodes.
         name: str. The logged name.
+        exact_weight: float in [0, 1]. Weight of the exact-match term.
     """
     import tensorflow as tf
 
@@ -299,6 +306,24 @@ def make_roundtrip_reward(reverse_policy, tokenizer, reverse_prompt_length, reve
         # Content tokens before the first EOS (a sample may run on without one).
         seen_eos = tf.cumsum(tf.cast(tf.equal(ids, EOS_ID), tf.int32), axis=1) > 0
         return content_mask(ids) & ~seen_eos
+
+    if not 0.0 <= exact_weight <= 1.0:
+        raise ValueError(f"exact_weight must be in [0, 1], got {exact_weight}")
+
+    def same_text(a, a_mask, b, b_mask):
+        # True where the masked tokens of row a equal those of row b, in order.
+        width = tf.maximum(tf.shape(a)[1], tf.shape(b)[1])
+
+        def padded(ids, mask):
+            dense = tf.ragged.boolean_mask(ids, mask).to_tensor(default_value=-1)
+            return tf.pad(dense, [[0, 0], [0, width - tf.shape(dense)[1]]], constant_values=-1)
+
+        return tf.reduce_all(tf.equal(padded(a, a_mask), padded(b, b_mask)), axis=1)
+
+    def mix(chrf_score, exact):
+        if exact_weight == 0.0:
+            return chrf_score
+        return (1.0 - exact_weight) * chrf_score + exact_weight * tf.cast(exact, tf.float32)
 
     class RoundTripReward(Reward):
         default_name = "roundtrip"
@@ -324,12 +349,16 @@ def make_roundtrip_reward(reverse_policy, tokenizer, reverse_prompt_length, reve
             back = self.back_translate(candidates)
             score = sentence_chrf_ids(prompts, back, ref_mask=content_mask(prompts), hyp_mask=before_eos(back))
             has_text = tf.reduce_any(before_eos(tf.cast(candidates, tf.int32)), axis=1)
-            return tf.where(has_text, tf.cast(score, tf.float32) / 100.0, 0.0)
+            exact = same_text(back, before_eos(back), prompts, content_mask(prompts))
+            return tf.where(has_text, mix(tf.cast(score, tf.float32) / 100.0, exact), 0.0)
 
         @tf.autograph.experimental.do_not_convert  # no Python control flow on tensors here
         def call(self, prompts, candidates, references):
+            references = tf.cast(references, tf.int32)
             labelled = tf.reduce_any(content_mask(references), axis=1)
-            with_reference = self.reference_chrf(prompts, candidates, references)
+            candidate_ids = tf.cast(candidates, tf.int32)
+            exact = same_text(candidate_ids, before_eos(candidate_ids), references, content_mask(references))
+            with_reference = mix(self.reference_chrf(prompts, candidates, references), exact)
             return tf.where(labelled, with_reference, self.roundtrip(prompts, candidates))
 
     return RoundTripReward()
@@ -396,7 +425,8 @@ def roundtrip_stage(args, tokenizer, policy, generator, splits, prompt_length, r
         raise RuntimeError("unlabelled sources must be new values that fit the prompt length")
     unlabelled = [(s, "") for s in sources]  # empty reference: packed as EOS alone, never trained on
     rl_pairs = unlabelled + (list(train) if args.mix_labelled else [])
-    reward = make_roundtrip_reward(reverse, tokenizer, reverse_prompt_length, reverse_response_length)
+    reward = make_roundtrip_reward(reverse, tokenizer, reverse_prompt_length, reverse_response_length,
+                                   exact_weight=args.exact_weight)
 
     # Check the in-graph reward against plain Python on a few unlabelled sources:
     # sacrebleu chrF of the (string-level) back-translation of the forward reply vs the source.
@@ -408,7 +438,8 @@ def roundtrip_stage(args, tokenizer, policy, generator, splits, prompt_length, r
     in_graph = reward(tf.constant(packed[:, :prompt_length]), tf.constant(packed[:, prompt_length:]),
                       tf.constant(empty[:, prompt_length:])).numpy()
     backs = back(replies)
-    python = np.array([sacrebleu.CHRF().sentence_score(b, [s]).score / 100 if r else 0.0
+    w = args.exact_weight
+    python = np.array([(1 - w) * sacrebleu.CHRF().sentence_score(b, [s]).score / 100 + w * (b == s) if r else 0.0
                        for s, r, b in zip(check, replies, backs)])
     gap = float(np.max(np.abs(in_graph - python)))
     print(f"round-trip reward check on {len(check)} sources: max |in-graph - sacrebleu| = {gap:.2e}; "
@@ -464,6 +495,12 @@ def main(argv=None):
                         help="roundtrip: the reverse model's MLE cap (early stopping ends it first)")
     parser.add_argument("--mix-labelled", action="store_true",
                         help="roundtrip: the rounds also sample the training pairs (rewarded by chrF to the reference)")
+    parser.add_argument("--exact-weight", type=float, default=0.0,
+                        help="roundtrip: reward (1 - w) * chrF + w * exact match (of the back-translation "
+                             "to the source; of the reply to the reference on labelled rows)")
+    parser.add_argument("--resume", action="store_true",
+                        help="resume the checkpoints of an earlier run in --output (MLE, reverse MLE, rounds) "
+                             "instead of starting afresh")
     parser.add_argument("--gamma", type=float, default=None,
                         help="RL weight (1 - gamma weighs MLE on references); default 0.9, 1.0 with roundtrip")
     parser.add_argument("--method", default="rl", choices=["rl", "filtered", "rl,filtered"])
@@ -477,6 +514,10 @@ def main(argv=None):
     if roundtrip and (args.data or args.direction != "zh-en"):
         raise SystemExit("--reward roundtrip runs on the synthetic set, --direction zh-en.")
     args.gamma = args.gamma if args.gamma is not None else (1.0 if roundtrip else 0.9)
+    if args.exact_weight and not roundtrip:
+        raise SystemExit("--exact-weight is an option of --reward roundtrip.")
+    if not 0.0 <= args.exact_weight <= 1.0:
+        raise SystemExit(f"--exact-weight must be in [0, 1], got {args.exact_weight}.")
     if roundtrip and args.gamma < 1.0:
         raise SystemExit("--reward roundtrip needs --gamma 1: unlabelled rows have no reference to train MLE on.")
     args.output = args.output or os.path.join("runs", f"translation_{name}_{args.seed}")
@@ -490,8 +531,10 @@ def main(argv=None):
 
     start = time.perf_counter()
     keras.utils.set_random_seed(args.seed)
-    # Every run starts afresh (the checkpoints of an earlier run would be resumed).
-    shutil.rmtree(os.path.join(args.output, "checkpoints"), ignore_errors=True)
+    # Every run starts afresh unless --resume: fit_resumable and the loop
+    # would otherwise pick up the checkpoints of an earlier run.
+    if not args.resume:
+        shutil.rmtree(os.path.join(args.output, "checkpoints"), ignore_errors=True)
     os.makedirs(args.output, exist_ok=True)
     splits, source = read_splits(args)
     train, dev, test = splits["train"], splits["dev"], splits["test"]
@@ -526,7 +569,7 @@ def main(argv=None):
         rl_options={"baseline": "rloo", "kl_coef": args.kl, "reference_policy": reference_policy,
                     "gamma": args.gamma, "include_greedy": True},
         threshold_quantiles=(0.5, 0.6, 0.7), epochs_per_round=1, learning_rate=args.rl_lr,
-        monitor="val_reward", restore_best=True, eval_metrics=("bleu",),
+        monitor="val_reward", restore_best=True, eval_metrics=("bleu", "exact_match"),
         directory=os.path.join(args.output, "checkpoints", "loop"), log_dir=args.output,
         seed=args.seed, score_batch_size=200, verbose=2,
     )
@@ -551,7 +594,7 @@ def main(argv=None):
         "data": source, "label": SYNTHETIC_LABEL if source == "synthetic" else None,
         "direction": None if args.data else args.direction, "seed": args.seed, "data_seed": args.data_seed,
         "examples": {k: len(v) for k, v in splits.items()}, "reward": reward.name, "method": args.method,
-        "settings": {k: getattr(args, k) for k in ("train_numbers", "train_dates", "mle_epochs", "patience", "rounds", "rl_steps", "rl_lr", "kl", "hidden", "gamma")},
+        "settings": {k: getattr(args, k) for k in ("train_numbers", "train_dates", "mle_epochs", "patience", "rounds", "rl_steps", "rl_lr", "kl", "hidden", "gamma", "exact_weight")},
         **({"reverse_mle_epochs": args.reverse_mle_epochs} if roundtrip else {}),
         **extra,
         "bleu_tokenize": target_tokenize(references),

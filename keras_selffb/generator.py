@@ -45,12 +45,13 @@ from keras_selffb.text.tokenizer import PAD_ID, detokenize_texts
 # What `ResponseGenerator.evaluate` can compute; the first three by default.
 METRICS = (
     "rouge_l", "bleu", "perplexity", "distinct_1", "distinct_2", "distinct_replies", "self_bleu",
-    "mean_reply_length",
+    "mean_reply_length", "exact_match",
 )
 DEFAULT_METRICS = ("rouge_l", "bleu", "perplexity")
 # Metrics computed from the reply strings alone (`score_replies`).
 TEXT_METRICS = (
     "rouge_l", "bleu", "distinct_1", "distinct_2", "distinct_replies", "self_bleu", "mean_reply_length",
+    "exact_match",
 )
 # Samplers without a random stream: their replies do not depend on how the
 # prompts are split over replicas.
@@ -135,8 +136,10 @@ def score_replies(references, replies, metrics=("rouge_l", "bleu")):
             each reply against the other replies, `cjk` segmentation; see
             `keras_selffb.metrics.self_bleu`) and `"mean_reply_length"`
             (mean number of `cjk` words per reply; 0 for no replies). Together
-            they flag replies collapsing onto one generic reply. Defaults to
-            ROUGE-L and BLEU.
+            they flag replies collapsing onto one generic reply.
+            `"exact_match"` is the percentage (0-100) of replies equal to
+            their reference, after stripping surrounding whitespace (0 for
+            no replies). Defaults to ROUGE-L and BLEU.
 
     Returns:
         dict name -> float.
@@ -159,6 +162,9 @@ def score_replies(references, replies, metrics=("rouge_l", "bleu")):
             scores[name] = float(corpus_bleu(references, replies, tokenize=bleu_tokenization(references)).score)
         elif name == "distinct_replies":
             scores[name] = float(len(set(replies)))
+        elif name == "exact_match":
+            same = [r.strip() == t.strip() for r, t in zip(replies, references)]
+            scores[name] = 100.0 * float(np.mean(same)) if same else 0.0
         elif name == "self_bleu":
             scores[name] = self_bleu(replies, tokenize="cjk")
         elif name == "mean_reply_length":

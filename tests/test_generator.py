@@ -120,6 +120,14 @@ def test_score_replies_on_chinese_and_collapse():
         score_replies(["a"], ["a", "b"])
 
 
+def test_score_replies_exact_match_is_the_percentage_of_equal_strings():
+    references = ["三千零四十二", "café au lait", "two", "x"]
+    replies = ["三千零四十二", " café au lait ", "Two", ""]
+    # Equal after stripping surrounding whitespace; case and content count.
+    assert score_replies(references, replies, ["exact_match"]) == {"exact_match": 50.0}
+    assert score_replies([], [], ["exact_match"]) == {"exact_match": 0.0}
+
+
 def test_generate_rows_repeats_each_prompt_prompt_major():
     generator = ResponseGenerator(policy(), TOKENIZER, P, R, batch_size=3)
     rows = generator.pack(PAIRS)

@@ -116,6 +116,23 @@ def test_generator_masks_reserved_ids_and_matches_oracle_shapes(bench):
     assert abs(bench.generator_nll(policy, samples) - np.log(5000)) < 0.1
 
 
+def test_seqgan_initialisation_draws_every_array_from_normal_0_1(bench):
+    policy = bench.OracleGenerator()
+    bench.seqgan_initialize(policy, seed=3)
+    weights = policy.get_weights()
+    values = np.concatenate([w.ravel() for w in weights])
+    assert abs(values.mean()) < 0.002 and abs(values.std() - 0.1) < 0.002
+    # Biases too (Keras would start them at 0, the forget gate's at 1).
+    for w in weights:
+        assert w.std() > 0.05, w.shape
+    again = bench.OracleGenerator()
+    bench.seqgan_initialize(again, seed=3)
+    assert all(np.array_equal(a, b) for a, b in zip(weights, again.get_weights()))
+    other = bench.OracleGenerator()
+    bench.seqgan_initialize(other, seed=4)
+    assert not np.array_equal(weights[0], other.get_weights()[0])
+
+
 def small_classifier(vocab_size):
     return keras.Sequential([
         LLMEncoder(vocab_size=vocab_size, embedding_dim=8, hidden_dim=8),

@@ -160,3 +160,44 @@ def test_roundtrip_reward_matches_sacrebleu_on_the_back_translation():
     expected[4] = sacrebleu.CHRF().sentence_score(candidates[4], [references[4]]).score / 100
     assert any(0 < e < 1 for e in expected[:4])  # the untrained model's back-translations score in between
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:.*kept their last tokens")
+def test_roundtrip_reward_exact_weight_pays_whole_matches():
+    import keras
+    import numpy as np
+    import sacrebleu
+
+    from keras_selffb.generator import ResponseGenerator
+    from keras_selffb.models import PolicyNetwork
+    from keras_selffb.text import CharTokenizer, pack_pairs
+
+    pairs = [(zh, en) for en, zh in translation.synthetic_pairs(seed=0)["train"][:40]]
+    tokenizer = CharTokenizer.train([t for pair in pairs for t in pair])
+    prompt_length, response_length = 14, 48
+    keras.utils.set_random_seed(11)
+    reverse = PolicyNetwork(tokenizer.vocabulary_size, embedding_dim=8, hidden_dim=16)
+    back = ResponseGenerator(reverse, tokenizer, 12, 9)
+    candidates = [pairs[0][1], pairs[1][1], "", pairs[2][1], pairs[3][1][:10]]
+    backs = back(candidates)
+    assert backs[0] and backs[1] != backs[0]
+    # Row 0's source IS its candidate's back-translation: a whole round-trip match.
+    sources = [backs[0], "九千五百七十一", "1999年12月1日", pairs[2][0], pairs[3][0]]
+    references = ["", "", "", pairs[2][1], pairs[3][1]]  # rows 3 and 4 are labelled
+    weight = 0.4
+    reward = translation.make_roundtrip_reward(reverse, tokenizer, 12, 9, exact_weight=weight)
+    packed = pack_pairs(tokenizer, list(zip(sources, candidates)), prompt_length, response_length, warn=False)
+    refs = pack_pairs(tokenizer, list(zip(sources, references)), prompt_length, response_length, warn=False)
+    got = reward(packed[:, :prompt_length], packed[:, prompt_length:], refs[:, prompt_length:]).numpy()
+
+    def mixed(hypothesis, reference):
+        chrf = sacrebleu.CHRF().sentence_score(hypothesis, [reference]).score / 100
+        return (1 - weight) * chrf + weight * float(hypothesis == reference)
+
+    expected = [mixed(backs[0], sources[0]), mixed(backs[1], sources[1]), 0.0,
+                mixed(candidates[3], references[3]), mixed(candidates[4], references[4])]
+    assert expected[0] == pytest.approx(1.0) and expected[3] == pytest.approx(1.0)
+    assert expected[1] < 1 - weight and expected[4] < 1 - weight  # no exact term: at most 1 - w
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="exact_weight"):
+        translation.make_roundtrip_reward(reverse, tokenizer, 12, 9, exact_weight=1.5)
