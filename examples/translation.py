@@ -249,6 +249,42 @@ def held_out_scores(references, hypotheses):
     }
 
 
+def paired_bootstrap(references, before, after, samples=2000, seed=0):
+    """Paired bootstrap of the test set: after minus before, corpus BLEU and exact match.
+
+    Resamples the sentences with replacement `samples` times (the same
+    resample for both systems) and recomputes corpus BLEU from the summed
+    per-sentence statistics, so each resample's BLEU is sacrebleu's corpus
+    BLEU of that resample. Returns the full-set differences, 95% percentile
+    intervals, and how many sentences became (in)exactly right.
+    """
+    import numpy as np
+
+    from keras_selffb.metrics import bleu_from_statistics, bleu_statistics
+
+    tokenize = target_tokenize(references)
+    rng = np.random.default_rng(seed)
+    n = len(references)
+    index = np.concatenate([np.arange(n)[None], rng.integers(0, n, (samples, n))])  # row 0: the full set
+
+    def bleu(hypotheses):
+        stats = [np.asarray(x) for x in bleu_statistics(references, hypotheses, tokenize=tokenize)]
+        summed = [x[index].sum(axis=1) for x in stats]
+        return bleu_from_statistics(*summed).score.numpy()
+
+    def exact(hypotheses):
+        return 100.0 * np.array([r == h for r, h in zip(references, hypotheses)], np.float64)[index].mean(axis=1)
+
+    bleu_diff = bleu(after) - bleu(before)
+    exact_diff = exact(after) - exact(before)
+    interval = lambda d: [round(float(np.percentile(d[1:], q)), 2) for q in (2.5, 97.5)]  # noqa: E731
+    now_right = sum(r == a and r != b for r, b, a in zip(references, before, after))
+    now_wrong = sum(r == b and r != a for r, b, a in zip(references, before, after))
+    return {"samples": samples, "bleu_diff": round(float(bleu_diff[0]), 2), "bleu_diff_95": interval(bleu_diff),
+            "exact_diff": round(float(exact_diff[0]), 2), "exact_diff_95": interval(exact_diff),
+            "sentences_now_exact": int(now_right), "sentences_no_longer_exact": int(now_wrong)}
+
+
 def make_reward(name, tokenizer, target_texts):
     """`"chrf"`, `"bleu"` or `"bleu+chrf"` (mean of the two), all on a 0-1 scale."""
     from keras_selffb.rewards import BleuReward, ChrFReward, WeightedReward
@@ -586,6 +622,16 @@ def main(argv=None):
     print(f"dev reward per round ({reward.name}): "
           + ", ".join(f"{h['metrics']['val_reward']:.4f}" for h in history)
           + f"; kept round {loop.best_round()}; total {seconds:.0f} s")
+    boot = paired_bootstrap(references, before_replies, after_replies, seed=args.seed)
+    print(f"paired bootstrap ({boot['samples']} resamples of the test sentences), after - MLE: "
+          f"BLEU {boot['bleu_diff']:+.2f} [{boot['bleu_diff_95'][0]:+.2f}, {boot['bleu_diff_95'][1]:+.2f}], "
+          f"exact {boot['exact_diff']:+.2f} [{boot['exact_diff_95'][0]:+.2f}, {boot['exact_diff_95'][1]:+.2f}] "
+          f"points; {boot['sentences_now_exact']} sentences became exact, "
+          f"{boot['sentences_no_longer_exact']} stopped being exact")
+    with open(os.path.join(args.output, "test_translations.tsv"), "w", encoding="utf-8") as f:
+        f.write("source\treference\tmle\tself_feedback\n")
+        for (src, ref), b, a in zip(test, before_replies, after_replies):
+            f.write("\t".join(x.replace("\t", " ").replace("\n", " ") for x in (src, ref, b, a)) + "\n")
     changed = [i for i, (b, a) in enumerate(zip(before_replies, after_replies)) if b != a][:6]
     for i in changed:
         print(f"  {test[i][0]}\n    MLE:   {before_replies[i]}\n    after: {after_replies[i]}\n    ref:   {test[i][1]}")
@@ -599,6 +645,7 @@ def main(argv=None):
         **extra,
         "bleu_tokenize": target_tokenize(references),
         "test": {"mle": before, "self_feedback": after},
+        "test_bootstrap": boot,
         "dev_rounds": [{"round": h["round"], **{k: round(v, 4) for k, v in h["metrics"].items()}}
                        for h in history],
         "kept_round": loop.best_round(),

@@ -201,3 +201,30 @@ def test_roundtrip_reward_exact_weight_pays_whole_matches():
     np.testing.assert_allclose(got, expected, atol=1e-5)
     with pytest.raises(ValueError, match="exact_weight"):
         translation.make_roundtrip_reward(reverse, tokenizer, 12, 9, exact_weight=1.5)
+
+
+def test_paired_bootstrap_matches_sacrebleu_and_counts_sentences():
+    import numpy as np
+    import sacrebleu
+
+    references = ["two thousand and five", "March 5, 2021", "nine hundred", "one", "forty-two"]
+    before = ["two thousand and six", "March 5, 2021", "nine hundred and one", "one", "forty"]
+    after = ["two thousand and five", "March 5, 2021", "nine hundred", "two", "forty"]
+    boot = translation.paired_bootstrap(references, before, after, samples=300, seed=0)
+    full = (sacrebleu.corpus_bleu(after, [references]).score
+            - sacrebleu.corpus_bleu(before, [references]).score)
+    assert boot["bleu_diff"] == pytest.approx(full, abs=0.006)
+    assert boot["exact_diff"] == pytest.approx(100 * (3 / 5 - 2 / 5))
+    assert boot["sentences_now_exact"] == 2 and boot["sentences_no_longer_exact"] == 1
+    low, high = boot["bleu_diff_95"]
+    assert low <= boot["bleu_diff"] <= high and low < high
+    # Chinese targets: zh tokenization, as sacrebleu's corpus BLEU with tokenize="zh".
+    zh_refs, zh_before, zh_after = ["三千零四十二", "二零二一"], ["三千零四十", "二零二一"], ["三千零四十二", "二零二"]
+    zh = translation.paired_bootstrap(zh_refs, zh_before, zh_after, samples=50, seed=1)
+    expected = (sacrebleu.corpus_bleu(zh_after, [zh_refs], tokenize="zh").score
+                - sacrebleu.corpus_bleu(zh_before, [zh_refs], tokenize="zh").score)
+    assert zh["bleu_diff"] == pytest.approx(expected, abs=0.006)
+    # The same system twice: every resample differs by exactly 0.
+    same = translation.paired_bootstrap(references, before, before, samples=100, seed=2)
+    assert same["bleu_diff_95"] == [0.0, 0.0] and same["exact_diff_95"] == [0.0, 0.0]
+    assert np.isfinite(boot["exact_diff_95"]).all()
