@@ -28,7 +28,8 @@ NUM_RESERVED_TOKENS = 5  # text.tokenizer.NUM_RESERVED
 MAX_SEED = 2**32 - 1  # numpy's seed range
 CORPORA = ("chatterbot", "chitchat")  # pipeline.read_pairs
 RL_REWARDS = ("composite", "rouge_l", "bleu", "chrf", "article")  # pipeline.make_reward
-COMPOSITE_WEIGHTS = ("reward_rouge_l", "reward_judge", "reward_informativeness", "reward_fluency")
+COMPOSITE_WEIGHTS = ("reward_rouge_l", "reward_judge", "reward_informativeness", "reward_fluency",
+                     "reward_novelty")
 _CHOICES = {
     "corpus": CORPORA,
     "language": tuple(CORPUS_LANGUAGES),
@@ -143,9 +144,12 @@ class TrainConfig:
             own); `"rouge_l"`, `"bleu"`, `"chrf"` (against the reference;
             chrF suits translation, docs/translation.md) or `"article"`
             (fluency + overlap relevance + informativeness).
-        reward_rouge_l, reward_judge, reward_informativeness, reward_fluency:
-            float. Weights of the `"composite"` reward's terms (0 leaves a
-            term out). See docs/reinforce.md for how they were chosen.
+        reward_rouge_l, reward_judge, reward_informativeness, reward_fluency,
+        reward_novelty: float. Weights of the `"composite"` reward's terms
+            (0 leaves a term out). `reward_novelty` weighs `NoveltyReward`:
+            the share of a reply's word bigrams that the batch's replies to
+            other prompts do not use. See docs/dialogue-quality.md for how
+            they were chosen.
         judge_epochs: int. Epochs of the relevance judge (a dual-encoder
             `RelevanceJudge` trained on the training split, starting from
             the MLE policy's encoder, saved as `judge.keras`); it gives the composite reward's relevance term
@@ -228,6 +232,7 @@ class TrainConfig:
     reward_judge: float = 1.0
     reward_informativeness: float = 0.2
     reward_fluency: float = 0.2
+    reward_novelty: float = 0.0
     judge_epochs: int = 10
     feedback_min_distinct: float = 0.5
     feedback_keep_best: bool = True

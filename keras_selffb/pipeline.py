@@ -350,6 +350,7 @@ def make_reward(config, tokenizer, reference_policy, judge=None):
             (config.reward_judge, lambda: rewards.JudgeReward(judge)),
             (config.reward_informativeness, lambda: rewards.InformativenessReward(tokenizer=tokenizer)),
             (config.reward_fluency, lambda: rewards.FluencyReward(reference_policy)),
+            (config.reward_novelty, lambda: rewards.NoveltyReward(tokenizer=tokenizer)),
         ]
         return rewards.WeightedReward([(make(), weight) for weight, make in terms if weight], name="composite")
     return rewards.article_reward(reference_policy, tokenizer=tokenizer)

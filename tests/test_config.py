@@ -141,6 +141,7 @@ BAD = [
     ({"reward_rouge_l": "high"}, "reward_rouge_l", "must be a number"),
     ({"reward_fluency": math.inf}, "reward_fluency", "finite"),
     ({"reward_informativeness": None}, "reward_informativeness", "must be a number"),
+    ({"reward_novelty": math.nan}, "reward_novelty", "finite"),
     ({"feedback_min_distinct": 1.5}, "feedback_min_distinct", "in [0, 1]"),
     ({"feedback_min_distinct": -0.1}, "feedback_min_distinct", "in [0, 1]"),
     ({"feedback_keep_best": "yes"}, "feedback_keep_best", "true or false"),

@@ -2,7 +2,8 @@
 
 Overlap with the reference (`RougeLReward`, `BleuReward`), the article's
 fluency / relevance / informativeness terms and their preset sum
-(`article_reward`), relevance by a learned judge (`JudgeReward`),
+(`article_reward`), relevance by a learned judge (`JudgeReward`), novelty against the
+batch's replies to other prompts (`NoveltyReward`),
 weighted sums (`WeightedReward`) and host-Python functions
 (`PythonReward`). All run inside `tf.function`; see
 docs/rewards.md for ranges and which ones compile under XLA.
@@ -17,6 +18,7 @@ from keras_selffb.rewards.discriminator_reward import DiscriminatorReward
 from keras_selffb.rewards.fluency_reward import FluencyReward
 from keras_selffb.rewards.informativeness_reward import InformativenessReward
 from keras_selffb.rewards.judge_reward import JudgeReward
+from keras_selffb.rewards.novelty_reward import NoveltyReward
 from keras_selffb.rewards.python_reward import PythonReward
 from keras_selffb.rewards.relevance_reward import RelevanceReward
 from keras_selffb.rewards.rouge_l_reward import RougeLReward
@@ -33,6 +35,7 @@ __all__ = [
     "FluencyReward",
     "InformativenessReward",
     "JudgeReward",
+    "NoveltyReward",
     "PythonReward",
     "RelevanceReward",
     "Reward",

@@ -7,6 +7,7 @@ from keras_selffb.rewards.chrf_reward import ChrFReward
 from keras_selffb.rewards.fluency_reward import FluencyReward
 from keras_selffb.rewards.informativeness_reward import InformativenessReward
 from keras_selffb.rewards.judge_reward import JudgeReward
+from keras_selffb.rewards.novelty_reward import NoveltyReward
 from keras_selffb.rewards.python_reward import PythonReward
 from keras_selffb.rewards.relevance_reward import RelevanceReward
 from keras_selffb.rewards.rouge_l_reward import RougeLReward
@@ -21,6 +22,7 @@ REWARDS = {
     "relevance": RelevanceReward,
     "informativeness": InformativenessReward,
     "judge_relevance": JudgeReward,
+    "novelty": NoveltyReward,
     "weighted": WeightedReward,
     "python": PythonReward,
     "article": article_reward,
