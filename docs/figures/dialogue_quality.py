@@ -48,6 +48,8 @@ SETTINGS = {
     "lr2.5e-4": {"rl_learning_rate": 2.5e-4},
     "no_greedy": {"rl_include_greedy": False},
     "rouge+judge": {"reward_informativeness": 0.0, "reward_fluency": 0.0},
+    "novelty0.1": {"reward_novelty": 0.1},
+    "novelty0.2": {"reward_novelty": 0.2},
     "novelty0.5": {"reward_novelty": 0.5},
     "novelty1": {"reward_novelty": 1.0},
     "novelty1_no_greedy": {"reward_novelty": 1.0, "rl_include_greedy": False},
