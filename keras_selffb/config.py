@@ -232,7 +232,7 @@ class TrainConfig:
     reward_judge: float = 1.0
     reward_informativeness: float = 0.2
     reward_fluency: float = 0.2
-    reward_novelty: float = 0.0
+    reward_novelty: float = 0.2
     judge_epochs: int = 10
     feedback_min_distinct: float = 0.5
     feedback_keep_best: bool = True

@@ -332,8 +332,9 @@ def make_reward(config, tokenizer, reference_policy, judge=None):
     """The RL stage's reward, by name (`config.rl_reward`).
 
     `"composite"`: `WeightedReward` of ROUGE-L against the reference, the
-    judge's relevance (`JudgeReward`), informativeness and fluency under
-    the MLE policy, with the config's weights (a weight of 0 leaves its
+    judge's relevance (`JudgeReward`), informativeness, fluency under
+    the MLE policy and novelty against the batch's other replies
+    (`NoveltyReward`), with the config's weights (a weight of 0 leaves its
     term out); each term is logged as `reward/<name>`.
     """
     from keras_selffb import rewards

@@ -68,7 +68,7 @@ def test_train_then_generate(tmp_path, data_file, capsys):
     assert set(report["validation"]["mle"]) == names and set(report["validation"]["round 1"]) == names
     assert set(report["validation"]["contrastive"]) == names - {"reward"}
     header = open(run / "rl_history.csv", encoding="utf-8").readline()
-    for term in ("rouge_l", "judge_relevance", "informativeness", "fluency"):
+    for term in ("rouge_l", "judge_relevance", "informativeness", "fluency", "novelty"):
         assert f"reward/{term}" in header, term
     assert report["feedback"]["final_round"] in (0, 1)
     # Sample replies before and after the rounds, side by side, for the same prompts.

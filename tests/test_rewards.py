@@ -478,7 +478,7 @@ def test_id_rewards_compile_under_xla(policy, encoder):
         check(compiled[name], values.numpy())
 
 
-def test_the_pipelines_composite_reward_is_the_weighted_sum_of_its_four_terms():
+def test_the_pipelines_composite_reward_is_the_weighted_sum_of_its_five_terms():
     from keras_selffb.config import TrainConfig
     from keras_selffb.models import RelevanceJudge
     from keras_selffb.pipeline import make_reward
@@ -487,28 +487,31 @@ def test_the_pipelines_composite_reward_is_the_weighted_sum_of_its_four_terms():
     keras.utils.set_random_seed(0)
     reference = PolicyNetwork(tokenizer.vocabulary_size, 8, 16)
     judge = RelevanceJudge(tokenizer.vocabulary_size, embedding_dim=8, hidden_dim=8, projection_dim=8)
-    config = TrainConfig(reward_rouge_l=1.0, reward_judge=0.5, reward_informativeness=0.25, reward_fluency=2.0)
+    config = TrainConfig(reward_rouge_l=1.0, reward_judge=0.5, reward_informativeness=0.25, reward_fluency=2.0,
+                         reward_novelty=0.75)
     reward = make_reward(config, tokenizer, reference, judge)
     prompts = pack_prompts(tokenizer, TEXTS[:6], P)[0]
     candidates = pack_responses(tokenizer, TEXTS[6:12], R)[0]
     references = pack_responses(tokenizer, TEXTS[3:9], R)[0]
     parts = reward.components(prompts, candidates, references)
-    assert reward.component_names() == ["rouge_l", "judge_relevance", "informativeness", "fluency"]
+    assert reward.component_names() == ["rouge_l", "judge_relevance", "informativeness", "fluency", "novelty"]
     # Each term, computed on its own by the reward class it names.
     alone = {
         "rouge_l": rewards.RougeLReward(tokenizer),
         "judge_relevance": rewards.JudgeReward(judge),
         "informativeness": rewards.InformativenessReward(tokenizer=tokenizer),
         "fluency": rewards.FluencyReward(reference),
+        "novelty": rewards.NoveltyReward(tokenizer=tokenizer),
     }
     expected = np.zeros(6)
-    for (name, single), weight in zip(alone.items(), (1.0, 0.5, 0.25, 2.0)):
+    for (name, single), weight in zip(alone.items(), (1.0, 0.5, 0.25, 2.0, 0.75)):
         value = single(prompts, candidates, references).numpy()
         np.testing.assert_allclose(parts[name].numpy(), value, atol=1e-6)
         expected += weight * value
     np.testing.assert_allclose(reward.total(parts).numpy(), expected, atol=1e-5)
     # A weight of 0 leaves its term out.
-    lean = make_reward(TrainConfig(reward_fluency=0.0, reward_informativeness=0.0), tokenizer, reference, judge)
+    lean = make_reward(TrainConfig(reward_fluency=0.0, reward_informativeness=0.0, reward_novelty=0.0),
+                       tokenizer, reference, judge)
     assert lean.component_names() == ["rouge_l", "judge_relevance"]
 
 

@@ -41,6 +41,7 @@ SETTINGS = {
     "rouge_l": {"rl_reward": "rouge_l", "feedback_min_distinct": 0.0},
     "rouge_l+guard": {"rl_reward": "rouge_l"},
     "composite": {},
+    "composite_no_novelty": {"reward_novelty": 0.0},
     "judge0.5": {"reward_judge": 0.5},
     "judge2": {"reward_judge": 2.0},
     "kl0.2": {"rl_kl_coef": 0.2},
