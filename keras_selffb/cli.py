@@ -82,7 +82,8 @@ def _parser():
         "train",
         help="train a policy by MLE, run the self-feedback rounds (default: 3 RL rounds) and report",
         description="Train a policy by MLE, then run the self-feedback rounds (default: 3 rounds of RL "
-        "rewarded by ROUGE-L; --rounds 0 skips them), evaluate on the validation set and report. "
+        "on the composite reward of docs/dialogue-quality.md; --rounds 0 skips them), evaluate on the "
+        "validation set and report. "
         "Rerun the same command to resume an interrupted run.",
     )
     train.add_argument("--config", help="YAML file of settings (see docs/getting-started.md)")
