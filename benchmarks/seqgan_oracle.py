@@ -427,6 +427,27 @@ class OracleReward(Reward):
         return tf.stop_gradient(tf.reduce_mean(self.oracle(ids), axis=1))
 
 
+class BatchMeanReward(Reward):
+    """Every candidate gets the batch's mean of `reward`: its scale, none of its ranking.
+
+    The control of `reinforce_discriminator_seqgan`: with SeqGAN's update
+    (no baseline, rewards >= 0), a reward that carries no information about
+    which sample is better still raises the likelihood of every sample the
+    policy draws. Whatever that method gains beyond this control is what the
+    discriminator's ranking gives.
+    """
+
+    default_name = "batch_mean"
+
+    def __init__(self, reward, name=None):
+        super().__init__(name=name)
+        self.reward = reward
+
+    def call(self, prompts, candidates, references):
+        values = self.reward(prompts, candidates, references)
+        return tf.stop_gradient(tf.broadcast_to(tf.reduce_mean(values), tf.shape(values)))
+
+
 # -- the protocol ---------------------------------------------------------------
 
 FULL = {
@@ -470,6 +491,9 @@ QUICK = {
 }
 METHODS = ("reinforce_discriminator", "reinforce_discriminator_seqgan", "reinforce_oracle",
            "contrastive_discriminator")
+# Run only when asked (--methods): SeqGAN's update with the discriminator's
+# rewards replaced by their batch mean (`BatchMeanReward`).
+CONTROLS = ("reinforce_discriminator_seqgan_batch_mean",)
 PROMPT_LENGTH = len(PROMPT)
 
 
@@ -553,10 +577,12 @@ def build_trainer(method, policy, oracle, config, seed, discriminator_weights):
     if method == "reinforce_discriminator":
         trainer = ReinforceTrainer(policy, discriminator, baseline=config["baseline"], scale_rewards="batch",
                                    **common)
-    elif method == "reinforce_discriminator_seqgan":
+    elif method in ("reinforce_discriminator_seqgan", "reinforce_discriminator_seqgan_batch_mean"):
         # SeqGAN's update: the discriminator's probability as the reward
-        # (>= 0, no baseline, not scaled) at the authors' rate 0.01.
-        trainer = ReinforceTrainer(policy, discriminator, baseline="none", scale_rewards="none", **common)
+        # (>= 0, no baseline, not scaled) at the authors' rate 0.01; the
+        # control gives every sample the batch's mean of it.
+        reward = discriminator if method == "reinforce_discriminator_seqgan" else BatchMeanReward(discriminator)
+        trainer = ReinforceTrainer(policy, reward, baseline="none", scale_rewards="none", **common)
         learning_rate = config["seqgan_lr"]
     elif method == "reinforce_oracle":
         trainer = ReinforceTrainer(policy, OracleReward(oracle), baseline=config["baseline"],
@@ -565,7 +591,7 @@ def build_trainer(method, policy, oracle, config, seed, discriminator_weights):
         trainer = ContrastiveTrainer(policy, mode="sequence_likelihood", ranking_fn=discriminator,
                                      rank_weight=1.0, mle_weight=1.0, **common)
     else:
-        raise ValueError(f"Unknown method {method!r}; choose from {METHODS}.")
+        raise ValueError(f"Unknown method {method!r}; choose from {METHODS + CONTROLS}.")
     trainer.compile(optimizer=keras.optimizers.Adam(learning_rate, global_clipnorm=config["clip_norm"]))
     return trainer, discriminator
 
@@ -694,20 +720,23 @@ def table(results):
     lines = []
     quick = "  [QUICK RUN: smaller sizes, not the published protocol]" if results["quick"] else ""
     lines.append(f"SeqGAN synthetic oracle, seed {results['seed']}{quick}")
-    header = (f"{'method':<44}{'NLL-oracle':>11}{'published':>11}{'diff':>8}{'ratio':>7}"
+    header = (f"{'method':<56}{'NLL-oracle':>11}{'published':>11}{'diff':>8}{'ratio':>7}"
               f"{'NLL-test':>10}  published as")
     lines += [header, "-" * (len(header) + 20)]
     for name, ours, theirs, source, nll_test in rows:
         test = "-" if nll_test is None else f"{nll_test:.3f}"
-        lines.append(f"{name:<44}{ours:>11.3f}{theirs:>11.3f}{ours - theirs:>+8.3f}{ours / theirs:>7.3f}"
+        lines.append(f"{name:<56}{ours:>11.3f}{theirs:>11.3f}{ours - theirs:>+8.3f}{ours / theirs:>7.3f}"
                      f"{test:>10}  {source}")
     lines.append(f"uniformly random sequences: NLL-oracle {results['uniform_nll_oracle']:.3f} (README: about 11.4)")
     lines.append("reinforce_oracle is rewarded by the oracle itself: an upper bound, not a comparable method.")
     return "\n".join(lines)
 
 
-def run(config, seed, quick, xla=True, log=_say):
+def run(config, seed, quick, xla=True, log=_say, methods=METHODS):
     """The whole benchmark; returns the results dict (what the JSON holds)."""
+    unknown = [m for m in methods if m not in METHODS + CONTROLS]
+    if unknown or not methods:
+        raise ValueError(f"Unknown methods {unknown} (or none given); choose from {METHODS + CONTROLS}.")
     wall = time.perf_counter()
     oracle = Oracle()
     train_ids = oracle.sample(config["num_train"], seed=seed, stream=TRAIN_STREAM)
@@ -738,7 +767,7 @@ def run(config, seed, quick, xla=True, log=_say):
     policies = {"MLE": mle_policy}
     results["methods"] = {}
     mle_point = (results["mle_nll_oracle"], results["mle_nll_test"])
-    for method in METHODS:
+    for method in methods:
         policy, curve = self_feedback(method, mle_policy, mle_point, oracle, train_ids, test_ids, config,
                                       seed, weights, log=log)
         curve["nll_oracle_final"] = curve["nll_oracle"][-1]
@@ -770,7 +799,13 @@ def main(argv=None):
                         help="JSON path; defaults to benchmarks/results/seqgan_oracle.json "
                              "(seqgan_oracle_quick.json with --quick)")
     parser.add_argument("--plot", default=None, help="PNG path; defaults to the output with .png")
+    parser.add_argument("--methods", default=",".join(METHODS),
+                        help=f"comma-separated self-feedback methods, of {list(METHODS + CONTROLS)}")
     args = parser.parse_args(argv)
+    methods = tuple(filter(None, args.methods.split(",")))
+    unknown = [m for m in methods if m not in METHODS + CONTROLS]
+    if unknown or not methods:
+        parser.error(f"--methods: unknown {unknown} (or none given); choose from {list(METHODS + CONTROLS)}")
     config = dict(QUICK if args.quick else FULL)
     for key, value in (("mle_epochs", args.mle_epochs), ("rounds", args.rounds), ("eval_every", args.eval_every),
                        ("rl_lr", args.rl_lr), ("baseline", args.baseline), ("init", args.init)):
@@ -779,7 +814,7 @@ def main(argv=None):
     if args.output is None:
         name = "seqgan_oracle_quick.json" if args.quick else "seqgan_oracle.json"
         args.output = os.path.join(HERE, "results", name)
-    results = run(config, args.seed, args.quick, xla=not args.no_xla)
+    results = run(config, args.seed, args.quick, xla=not args.no_xla, methods=methods)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w") as f:
         json.dump(results, f, indent=1)

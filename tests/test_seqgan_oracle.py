@@ -234,3 +234,23 @@ def test_benchmark_runs_end_to_end_on_tiny_sizes(bench, tmp_path, monkeypatch):
     assert results["mle_nll_test"] == saved["mle_nll_test"]
     text = bench.table(saved)
     assert "QUICK RUN" in text and "9.038" in text and "8.736" in text
+
+
+def test_batch_mean_control_keeps_the_rewards_scale_and_drops_its_ranking(bench):
+    classifier = small_classifier(30)
+    inner = DiscriminatorReward(classifier)
+    control = bench.BatchMeanReward(inner)
+    ids = np.random.default_rng(2).integers(5, 30, (8, 7)).astype(np.int32)
+    values = inner(None, ids, None).numpy()
+    assert values.std() > 0  # the inner reward does rank the samples
+    mean = control(None, ids, None).numpy()
+    np.testing.assert_allclose(mean, np.full(8, values.mean()), rtol=1e-6)
+    graph = tf.function(lambda c: control(None, c, None))
+    np.testing.assert_allclose(graph(tf.constant(ids)).numpy(), mean, rtol=1e-6)
+
+
+def test_benchmark_refuses_unknown_methods(bench):
+    with pytest.raises(SystemExit):
+        bench.main(["--quick", "--methods", "reinforce_discriminator,gan"])
+    with pytest.raises(ValueError, match="Unknown methods"):
+        bench.run(bench.QUICK, 0, True, methods=("seqgan",))
