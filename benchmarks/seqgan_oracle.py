@@ -70,8 +70,13 @@ authors' generator fed the embedding of token 0: the same model class.
     python benchmarks/seqgan_oracle.py --seed 0            # full protocol
     python benchmarks/seqgan_oracle.py --quick --seed 0    # < 5 minutes, smaller
 
-The full protocol took 52 minutes on the 2-core development VM (MLE 32),
-the quick run 2-3.5 minutes depending on the VM's load.
+The full protocol (four methods) took 44 minutes on the 2-core development
+VM with two seeds running side by side (MLE 22 of them), the quick run 2-3.5
+minutes depending on the VM's load. `--methods` picks the self-feedback
+methods; `reinforce_discriminator_seqgan_batch_mean` (run only when named)
+is the control of the SeqGAN-faithful method: the same update with every
+sample rewarded by the batch's mean discriminator probability
+(`BatchMeanReward`), so the reward's scale stays and its ranking goes.
 
 Writes `benchmarks/results/seqgan_oracle.json` (`--quick`:
 `seqgan_oracle_quick.json`; `--output`) and a PNG (`--plot`), and prints a
