@@ -684,10 +684,13 @@ def plot(results, path):
     left.plot(mle["epoch"], mle["nll_oracle"], "o-", ms=3, label="MLE, NLL-oracle")
     left.plot(mle["epoch"], mle["nll_test"], "s--", ms=3, label="MLE, NLL-test")
     offset = mle["epoch"][-1]
+    # One colour per generator in both panels (C0, C1: MLE's two curves on the left).
+    colors = {"MLE": "C0", **{name: f"C{i + 2}" for i, name in enumerate(results["methods"])}}
     for name, curve in results["methods"].items():
         x = [offset + r for r in curve["round"]]
-        line, = left.plot(x, curve["nll_oracle"], "o-", ms=3, label=f"{name}, NLL-oracle (x: {offset} + round)")
-        left.plot(x, curve["nll_test"], "s--", ms=3, color=line.get_color())
+        left.plot(x, curve["nll_oracle"], "o-", ms=3, color=colors[name],
+                  label=f"{name}, NLL-oracle (x: {offset} + round)")
+        left.plot(x, curve["nll_test"], "s--", ms=3, color=colors[name])
     left.axhline(PUBLISHED["mle"], color="gray", lw=0.8, ls=":", label="published MLE 9.038")
     left.axhline(PUBLISHED["seqgan"], color="black", lw=0.8, ls=":", label="published SeqGAN 8.736")
     left.set_xlabel("MLE epoch, then self-feedback round")
@@ -695,7 +698,7 @@ def plot(results, path):
     left.set_title("Training curves")
     left.legend(fontsize=7)
     for name, points in results["temperature_curves"].items():
-        right.plot(points["nll_test"], points["nll_oracle"], "o-", label=name)
+        right.plot(points["nll_test"], points["nll_oracle"], "o-", label=name, color=colors.get(name))
         for t, x, y in zip(points["temperature"], points["nll_test"], points["nll_oracle"]):
             right.annotate(f"{t:.1f}", (x, y), fontsize=6, xytext=(2, 2), textcoords="offset points")
     right.set_xlabel("NLL-test (coverage; lower is better)")
