@@ -69,6 +69,8 @@ authors' generator fed the embedding of token 0: the same model class.
 
     python benchmarks/seqgan_oracle.py --seed 0            # full protocol
     python benchmarks/seqgan_oracle.py --quick --seed 0    # < 5 minutes, smaller
+    python benchmarks/seqgan_oracle.py --seed 0 --mle-cache runs/seqgan_mle \
+        --methods reinforce_discriminator_seqgan_batch_mean   # one method, MLE reused
 
 The full protocol (four methods) took 44 minutes on the 2-core development
 VM with two seeds running side by side (MLE 22 of them), the quick run 2-3.5
@@ -549,6 +551,43 @@ def train_mle(oracle, train_ids, test_ids, config, seed, xla=True, log=_say):
     return policy, curve
 
 
+# The settings an MLE generator depends on: a cached one is reused only when all match.
+MLE_KEYS = ("num_train", "num_test", "num_eval", "batch_size", "mle_lr", "clip_norm", "mle_epochs", "init",
+            "eval_every")
+
+
+def cached_mle(cache_dir, oracle, train_ids, test_ids, config, seed, quick, xla=True, log=_say):
+    """`train_mle`, or the generator and curve an earlier run saved in `cache_dir` with the same settings.
+
+    The full protocol's MLE takes most of a run (20+ minutes on 2 cores);
+    with a cache, trying another self-feedback method costs only its rounds.
+    The cache holds `mle_seed<seed>.weights.h5` and `mle_seed<seed>.json`
+    (the settings and the MLE curve; written last, so a run killed while
+    saving leaves no half cache). Other settings train again and replace it.
+    """
+    key = {"seed": seed, "quick": bool(quick), "xla": bool(xla), **{k: config[k] for k in MLE_KEYS}}
+    stem = os.path.join(cache_dir, f"mle_seed{seed}")
+    record_path, weights_path = stem + ".json", stem + ".weights.h5"
+    if os.path.exists(record_path) and os.path.exists(weights_path):
+        with open(record_path) as f:
+            saved = json.load(f)
+        if saved.get("key") == key:
+            policy = OracleGenerator()
+            policy.load_weights(weights_path)
+            log(f"MLE generator loaded from {weights_path} (NLL-oracle {saved['curve']['nll_oracle'][-1]:.3f})")
+            return policy, saved["curve"]
+        changed = sorted(k for k in key if saved.get("key", {}).get(k) != key[k])
+        log(f"the MLE cache in {cache_dir} was made with other settings ({', '.join(changed)}): training again")
+    policy, curve = train_mle(oracle, train_ids, test_ids, config, seed, xla=xla, log=log)
+    os.makedirs(cache_dir, exist_ok=True)
+    if os.path.exists(record_path):
+        os.remove(record_path)
+    policy.save_weights(weights_path)
+    with open(record_path, "w") as f:
+        json.dump({"key": key, "curve": curve}, f, indent=1)
+    return policy, curve
+
+
 def pretrain_discriminator(policy, train_ids, config, seed):
     """A discriminator trained on real vs the MLE generator's samples; its weights."""
     keras.utils.set_random_seed(seed)
@@ -740,7 +779,7 @@ def table(results):
     return "\n".join(lines)
 
 
-def run(config, seed, quick, xla=True, log=_say, methods=METHODS):
+def run(config, seed, quick, xla=True, log=_say, methods=METHODS, mle_cache=None):
     """The whole benchmark; returns the results dict (what the JSON holds)."""
     unknown = [m for m in methods if m not in METHODS + CONTROLS]
     if unknown or not methods:
@@ -762,7 +801,10 @@ def run(config, seed, quick, xla=True, log=_say, methods=METHODS):
     }
     log(f"oracle's own samples: NLL-oracle {results['oracle_samples_nll_oracle']:.3f} (published 5.752); "
         f"uniform: {results['uniform_nll_oracle']:.3f}")
-    mle_policy, mle = train_mle(oracle, train_ids, test_ids, config, seed, xla=xla, log=log)
+    if mle_cache:
+        mle_policy, mle = cached_mle(mle_cache, oracle, train_ids, test_ids, config, seed, quick, xla=xla, log=log)
+    else:
+        mle_policy, mle = train_mle(oracle, train_ids, test_ids, config, seed, xla=xla, log=log)
     results["mle"] = mle
     results["mle_nll_oracle"] = mle["nll_oracle"][-1]
     results["mle_nll_test"] = mle["nll_test"][-1]
@@ -809,6 +851,9 @@ def main(argv=None):
     parser.add_argument("--plot", default=None, help="PNG path; defaults to the output with .png")
     parser.add_argument("--methods", default=",".join(METHODS),
                         help=f"comma-separated self-feedback methods, of {list(METHODS + CONTROLS)}")
+    parser.add_argument("--mle-cache", default=None, metavar="DIR",
+                        help="reuse the MLE generator saved here by an earlier run with the same settings "
+                             "(or train it and save it here)")
     args = parser.parse_args(argv)
     methods = tuple(filter(None, args.methods.split(",")))
     unknown = [m for m in methods if m not in METHODS + CONTROLS]
@@ -822,7 +867,7 @@ def main(argv=None):
     if args.output is None:
         name = "seqgan_oracle_quick.json" if args.quick else "seqgan_oracle.json"
         args.output = os.path.join(HERE, "results", name)
-    results = run(config, args.seed, args.quick, xla=not args.no_xla, methods=methods)
+    results = run(config, args.seed, args.quick, xla=not args.no_xla, methods=methods, mle_cache=args.mle_cache)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w") as f:
         json.dump(results, f, indent=1)

@@ -254,3 +254,32 @@ def test_benchmark_refuses_unknown_methods(bench):
         bench.main(["--quick", "--methods", "reinforce_discriminator,gan"])
     with pytest.raises(ValueError, match="Unknown methods"):
         bench.run(bench.QUICK, 0, True, methods=("seqgan",))
+
+
+def test_mle_cache_reuses_the_generator_and_gives_the_same_results(bench, tmp_path, monkeypatch):
+    tiny = {
+        **bench.QUICK,
+        "num_train": 48, "num_test": 32, "num_eval": 32, "mle_epochs": 1, "eval_every": 1,
+        "rounds": 1, "eval_every_round": 1, "prompts_per_step": 4, "num_samples": 2,
+        "disc_pretrain_epochs": 1, "disc_samples": 16, "disc_batch_size": 16,
+        "temperatures": [1.0], "num_temperature_eval": 16,
+    }
+    monkeypatch.setattr(bench, "QUICK", tiny)
+    trained = []
+    real_train_mle = bench.train_mle
+    monkeypatch.setattr(bench, "train_mle", lambda *a, **k: trained.append(1) or real_train_mle(*a, **k))
+    cache = tmp_path / "cache"
+    args = ["--quick", "--seed", "3", "--no-xla", "--methods", "reinforce_discriminator_seqgan_batch_mean",
+            "--mle-cache", str(cache)]
+    first = bench.main(args + ["--output", str(tmp_path / "a.json")])
+    assert len(trained) == 1 and (cache / "mle_seed3.weights.h5").exists()
+    second = bench.main(args + ["--output", str(tmp_path / "b.json")])
+    assert len(trained) == 1  # loaded, not trained again
+    assert second["mle"] == first["mle"]
+    method = "reinforce_discriminator_seqgan_batch_mean"
+    for key in ("nll_oracle", "nll_test", "reward"):
+        np.testing.assert_allclose(second["methods"][method][key][1:], first["methods"][method][key][1:], rtol=1e-5)
+    assert second["temperature_curves"]["MLE"] == first["temperature_curves"]["MLE"]
+    # Other MLE settings: the cache is not used, the generator is trained again.
+    bench.main(args + ["--mle-epochs", "2", "--output", str(tmp_path / "c.json")])
+    assert len(trained) == 2
