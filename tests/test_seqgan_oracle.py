@@ -207,15 +207,19 @@ def test_discriminator_reward_errors():
         wide(None, np.ones((2, 3), np.int32), None)
 
 
-def test_benchmark_runs_end_to_end_on_tiny_sizes(bench, tmp_path, monkeypatch):
-    tiny = {
+def tiny_config(bench, temperature):
+    """The quick protocol shrunk to seconds: every piece runs, nothing is learned."""
+    return {
         **bench.QUICK,
         "num_train": 48, "num_test": 32, "num_eval": 32, "mle_epochs": 1, "eval_every": 1,
         "rounds": 1, "eval_every_round": 1, "prompts_per_step": 4, "num_samples": 2,
         "disc_pretrain_epochs": 1, "disc_samples": 16, "disc_batch_size": 16,
-        "temperatures": [1.1], "num_temperature_eval": 16,
+        "temperatures": [temperature], "num_temperature_eval": 16,
     }
-    monkeypatch.setattr(bench, "QUICK", tiny)
+
+
+def test_benchmark_runs_end_to_end_on_tiny_sizes(bench, tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "QUICK", tiny_config(bench, 1.1))
     output = tmp_path / "oracle.json"
     results = bench.main(["--quick", "--seed", "1", "--no-xla", "--output", str(output)])
     saved = json.loads(output.read_text())
@@ -257,14 +261,7 @@ def test_benchmark_refuses_unknown_methods(bench):
 
 
 def test_mle_cache_reuses_the_generator_and_gives_the_same_results(bench, tmp_path, monkeypatch):
-    tiny = {
-        **bench.QUICK,
-        "num_train": 48, "num_test": 32, "num_eval": 32, "mle_epochs": 1, "eval_every": 1,
-        "rounds": 1, "eval_every_round": 1, "prompts_per_step": 4, "num_samples": 2,
-        "disc_pretrain_epochs": 1, "disc_samples": 16, "disc_batch_size": 16,
-        "temperatures": [1.0], "num_temperature_eval": 16,
-    }
-    monkeypatch.setattr(bench, "QUICK", tiny)
+    monkeypatch.setattr(bench, "QUICK", tiny_config(bench, 1.0))
     trained = []
     real_train_mle = bench.train_mle
     monkeypatch.setattr(bench, "train_mle", lambda *a, **k: trained.append(1) or real_train_mle(*a, **k))

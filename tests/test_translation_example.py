@@ -127,21 +127,29 @@ def test_unlabelled_sources_are_new_values():
     assert not set(english) & {en for pairs in splits.values() for en, _ in pairs}
 
 
+def untrained_reverse_model(seed):
+    """(ZH, EN) training pairs, a character tokenizer of them and an untrained EN->ZH policy."""
+    import keras
+
+    from keras_selffb.models import PolicyNetwork
+    from keras_selffb.text import CharTokenizer
+
+    pairs = [(zh, en) for en, zh in translation.synthetic_pairs(seed=0)["train"][:40]]
+    tokenizer = CharTokenizer.train([t for pair in pairs for t in pair])
+    keras.utils.set_random_seed(seed)
+    return pairs, tokenizer, PolicyNetwork(tokenizer.vocabulary_size, embedding_dim=8, hidden_dim=16)
+
+
 @pytest.mark.filterwarnings("ignore:.*kept their last tokens")
 def test_roundtrip_reward_matches_sacrebleu_on_the_back_translation():
-    import keras
     import numpy as np
     import sacrebleu
 
     from keras_selffb.generator import ResponseGenerator
-    from keras_selffb.models import PolicyNetwork
-    from keras_selffb.text import CharTokenizer, pack_pairs
+    from keras_selffb.text import pack_pairs
 
-    pairs = [(zh, en) for en, zh in translation.synthetic_pairs(seed=0)["train"][:40]]
-    tokenizer = CharTokenizer.train([t for pair in pairs for t in pair])
+    pairs, tokenizer, reverse = untrained_reverse_model(7)
     prompt_length, response_length = 14, 48
-    keras.utils.set_random_seed(7)
-    reverse = PolicyNetwork(tokenizer.vocabulary_size, embedding_dim=8, hidden_dim=16)
     reverse_prompt_length, reverse_response_length = 12, 9  # long candidates keep their last 10 tokens
     reward = translation.make_roundtrip_reward(reverse, tokenizer, reverse_prompt_length,
                                                reverse_response_length)
@@ -164,19 +172,14 @@ def test_roundtrip_reward_matches_sacrebleu_on_the_back_translation():
 
 @pytest.mark.filterwarnings("ignore:.*kept their last tokens")
 def test_roundtrip_reward_exact_weight_pays_whole_matches():
-    import keras
     import numpy as np
     import sacrebleu
 
     from keras_selffb.generator import ResponseGenerator
-    from keras_selffb.models import PolicyNetwork
-    from keras_selffb.text import CharTokenizer, pack_pairs
+    from keras_selffb.text import pack_pairs
 
-    pairs = [(zh, en) for en, zh in translation.synthetic_pairs(seed=0)["train"][:40]]
-    tokenizer = CharTokenizer.train([t for pair in pairs for t in pair])
+    pairs, tokenizer, reverse = untrained_reverse_model(11)
     prompt_length, response_length = 14, 48
-    keras.utils.set_random_seed(11)
-    reverse = PolicyNetwork(tokenizer.vocabulary_size, embedding_dim=8, hidden_dim=16)
     back = ResponseGenerator(reverse, tokenizer, 12, 9)
     candidates = [pairs[0][1], pairs[1][1], "", pairs[2][1], pairs[3][1][:10]]
     backs = back(candidates)
