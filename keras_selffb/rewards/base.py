@@ -17,11 +17,13 @@ trainer never knows which reward it holds: it asks for `components(...)`
 `total(components)`, the value it optimises.
 
 Helpers shared by the rewards: `content_mask` (the text tokens of a row,
-reserved ids excluded) and `check_tokenizer`.
+reserved ids excluded), `check_tokenizer` and `word_ids` (a candidate's
+token ids, or the hashed ids of its detokenized words).
 """
 
 import tensorflow as tf
 
+from keras_selffb.text import segmentation
 from keras_selffb.text.tokenizer import NUM_RESERVED
 
 
@@ -53,6 +55,24 @@ def check_tokenizer(tokenizer, owner):
             f"keras_selffb.text tokenizer); got {type(tokenizer).__name__}."
         )
     return tokenizer
+
+
+def word_ids(candidates, tokenizer=None, tokenize="cjk"):
+    """The units a diversity reward counts: dense ids `[B, T]`, their mask and lengths `[B]` (int32).
+
+    Without a tokenizer: the candidates' own ids, masked to their content
+    tokens. With one: the candidates are detokenized, segmented into words
+    (`tokenize`, see `keras_selffb.text.segmentation`) and each word hashed
+    to an id >= 1, so 0 stays padding.
+    """
+    if tokenizer is None:
+        mask = content_mask(candidates)
+        return candidates, mask, tf.reduce_sum(tf.cast(mask, tf.int32), axis=1)
+    words = segmentation.get_segmenter(tokenize)(tokenizer.detokenize(candidates))
+    ids = segmentation.hash_tokens(words)
+    lengths = tf.cast(ids.row_lengths(), tf.int32)
+    dense = ids.to_tensor(0)
+    return dense, tf.sequence_mask(lengths, tf.shape(dense)[1]), lengths
 
 
 class Reward:

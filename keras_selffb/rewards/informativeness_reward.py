@@ -14,7 +14,7 @@ one shorter than `n` tokens, scores 0.
 import tensorflow as tf
 
 from keras_selffb.metrics import distinct_n
-from keras_selffb.rewards.base import Reward, check_tokenizer, content_mask
+from keras_selffb.rewards.base import Reward, check_tokenizer, word_ids
 from keras_selffb.text import segmentation
 
 
@@ -59,20 +59,8 @@ class InformativenessReward(Reward):
         segmentation.get_segmenter(tokenize)  # an unknown name fails here
         self.tokenize = tokenize
 
-    def _tokens(self, candidates):
-        """Dense token ids `[B, T]`, their mask and lengths `[B]`."""
-        if self.tokenizer is None:
-            mask = content_mask(candidates)
-            return candidates, mask, tf.reduce_sum(tf.cast(mask, tf.int32), axis=1)
-        texts = self.tokenizer.detokenize(candidates)
-        words = segmentation.get_segmenter(self.tokenize)(texts)
-        ids = segmentation.hash_tokens(words)  # ids >= 1: 0 stays padding
-        lengths = tf.cast(ids.row_lengths(), tf.int32)
-        dense = ids.to_tensor(0)
-        return dense, tf.sequence_mask(lengths, tf.shape(dense)[1]), lengths
-
     def call(self, prompts, candidates, references):
-        ids, mask, lengths = self._tokens(candidates)
+        ids, mask, lengths = word_ids(candidates, self.tokenizer, self.tokenize)
         ratio = distinct_n(ids, n=self.n, mask=mask, per_example=True)
         length_term = tf.minimum(1.0, tf.cast(lengths, tf.float32) / float(self.target_length))
         return ratio * length_term

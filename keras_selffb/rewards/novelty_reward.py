@@ -20,7 +20,7 @@ reports (docs/dialogue-quality.md).
 
 import tensorflow as tf
 
-from keras_selffb.rewards.base import Reward, check_tokenizer, content_mask
+from keras_selffb.rewards.base import Reward, check_tokenizer, content_mask, word_ids
 from keras_selffb.text import segmentation
 
 
@@ -56,19 +56,11 @@ class NoveltyReward(Reward):
         segmentation.get_segmenter(tokenize)  # an unknown name fails here
         self.tokenize = tokenize
 
-    def _tokens(self, candidates):
-        """Dense token ids `[B, T]` and their mask."""
-        if self.tokenizer is None:
-            return tf.cast(candidates, tf.int64), content_mask(candidates)
-        words = segmentation.get_segmenter(self.tokenize)(self.tokenizer.detokenize(candidates))
-        ids = segmentation.hash_tokens(words)  # ids >= 1: 0 stays padding
-        dense = tf.cast(ids.to_tensor(0), tf.int64)
-        return dense, tf.sequence_mask(ids.row_lengths(), tf.shape(dense)[1])
-
     def call(self, prompts, candidates, references):
         if prompts is None:
             raise ValueError("NoveltyReward compares candidates across prompts: it needs the prompts.")
-        ids, mask = self._tokens(candidates)
+        ids, mask, _ = word_ids(candidates, self.tokenizer, self.tokenize)
+        ids = tf.cast(ids, tf.int64)
         n = self.n
         # n - 1 padding columns, so a window exists even for rows shorter than n.
         ids = tf.pad(ids, [[0, 0], [0, n - 1]])
