@@ -111,7 +111,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from keras_selffb.models import PolicyNetwork  # noqa: E402
-from keras_selffb.rewards import DiscriminatorReward, Reward  # noqa: E402
+from keras_selffb.rewards import DiscriminatorReward, Reward, RolloutReward  # noqa: E402
 from keras_selffb.text.tokenizer import BOS_ID, NUM_RESERVED, PAD_ID  # noqa: E402
 from keras_selffb.training import ContrastiveTrainer, MLETrainer, ReinforceTrainer  # noqa: E402
 
@@ -474,6 +474,7 @@ FULL = {
     "generator_steps": 1,  # generator updates a round (SeqGAN: 1)
     "rl_lr": 1e-3,  # Adam; SeqGAN's 0.01 made the oracle reward collapse the policy in 40 steps
     "baseline": "rloo",  # SeqGAN had none: with rewards >= 0 that also sharpens the policy
+    "rollouts": 16,  # reinforce_discriminator_rollout: completions per prefix (SeqGAN's 16)
     "seqgan_lr": 0.01,  # reinforce_discriminator_seqgan: the authors' generator rate, no baseline
     "disc_lr": 1e-3,  # SeqGAN used 1e-4 with many more epochs
     "disc_pretrain_epochs": 2,  # on num_train real vs as many MLE samples
@@ -496,8 +497,8 @@ QUICK = {
     "disc_samples": 1_000,
     "num_temperature_eval": 1_000,
 }
-METHODS = ("reinforce_discriminator", "reinforce_discriminator_seqgan", "reinforce_oracle",
-           "contrastive_discriminator")
+METHODS = ("reinforce_discriminator", "reinforce_discriminator_seqgan", "reinforce_discriminator_rollout",
+           "reinforce_oracle", "contrastive_discriminator")
 # Run only when asked (--methods): SeqGAN's update with the discriminator's
 # rewards replaced by their batch mean (`BatchMeanReward`).
 CONTROLS = ("reinforce_discriminator_seqgan_batch_mean",)
@@ -626,6 +627,13 @@ def build_trainer(method, policy, oracle, config, seed, discriminator_weights):
         # (>= 0, no baseline, not scaled) at the authors' rate 0.01; the
         # control gives every sample the batch's mean of it.
         reward = discriminator if method == "reinforce_discriminator_seqgan" else BatchMeanReward(discriminator)
+        trainer = ReinforceTrainer(policy, reward, baseline="none", scale_rewards="none", **common)
+        learning_rate = config["seqgan_lr"]
+    elif method == "reinforce_discriminator_rollout":
+        # SeqGAN itself: its update (as above) with per-token rewards, each
+        # token's the mean P(real) of `rollouts` completions of its prefix by
+        # the current policy (`RolloutReward`).
+        reward = RolloutReward(discriminator, policy, num_rollouts=config["rollouts"], seed=seed)
         trainer = ReinforceTrainer(policy, reward, baseline="none", scale_rewards="none", **common)
         learning_rate = config["seqgan_lr"]
     elif method == "reinforce_oracle":

@@ -214,7 +214,7 @@ def tiny_config(bench, temperature):
         "num_train": 48, "num_test": 32, "num_eval": 32, "mle_epochs": 1, "eval_every": 1,
         "rounds": 1, "eval_every_round": 1, "prompts_per_step": 4, "num_samples": 2,
         "disc_pretrain_epochs": 1, "disc_samples": 16, "disc_batch_size": 16,
-        "temperatures": [temperature], "num_temperature_eval": 16,
+        "temperatures": [temperature], "num_temperature_eval": 16, "rollouts": 2,
     }
 
 

@@ -3,7 +3,9 @@
 Overlap with the reference (`RougeLReward`, `BleuReward`), the article's
 fluency / relevance / informativeness terms and their preset sum
 (`article_reward`), relevance by a learned judge (`JudgeReward`), novelty against the
-batch's replies to other prompts (`NoveltyReward`),
+batch's replies to other prompts (`NoveltyReward`), a learned classifier's
+P(real) (`DiscriminatorReward`), per-token values of any of them by
+Monte-Carlo roll-outs (`RolloutReward`),
 weighted sums (`WeightedReward`) and host-Python functions
 (`PythonReward`). All run inside `tf.function`; see
 docs/rewards.md for ranges and which ones compile under XLA.
@@ -21,6 +23,7 @@ from keras_selffb.rewards.judge_reward import JudgeReward
 from keras_selffb.rewards.novelty_reward import NoveltyReward
 from keras_selffb.rewards.python_reward import PythonReward
 from keras_selffb.rewards.relevance_reward import RelevanceReward
+from keras_selffb.rewards.rollout_reward import RolloutReward
 from keras_selffb.rewards.rouge_l_reward import RougeLReward
 from keras_selffb.rewards.rouge_n_reward import RougeNReward, rouge_1_reward, rouge_2_reward
 from keras_selffb.rewards.serialization import REWARDS, get
@@ -39,6 +42,7 @@ __all__ = [
     "PythonReward",
     "RelevanceReward",
     "Reward",
+    "RolloutReward",
     "RougeLReward",
     "RougeNReward",
     "WeightedReward",

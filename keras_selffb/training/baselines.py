@@ -35,28 +35,40 @@ STD_EPSILON = 1e-4
 
 
 def group_rewards(rewards, num_samples):
-    """Reshapes `[B * K]` rewards (prompt-major) to `[B, K]`."""
-    return tf.reshape(rewards, [-1, num_samples])
+    """Reshapes `[B * K, ...]` rewards (prompt-major) to `[B, K, ...]`."""
+    rewards = tf.convert_to_tensor(rewards)
+    return tf.reshape(rewards, tf.concat([[-1, num_samples], tf.shape(rewards)[1:]], axis=0))
+
+
+def _ungroup(grouped):
+    """`[B, K, ...]` back to `[B * K, ...]`."""
+    return tf.reshape(grouped, tf.concat([[-1], tf.shape(grouped)[2:]], axis=0))
 
 
 def rloo_advantages(rewards, num_samples):
-    """`r_i - mean_{j != i} r_j` within each group of `num_samples`; `[B * K]`.
+    """`r_i - mean_{j != i} r_j` within each group of `num_samples`; the shape of `rewards`.
+
+    `rewards` is `[B * K]`, or `[B * K, N]` for per-token values, each
+    position then baselined by the same position of the prompt's other
+    samples.
 
     Example:
 
     >>> # Two prompts, K = 3 samples each (prompt-major).
     >>> rloo_advantages(tf.constant([1.0, 0.0, 0.5, 2.0, 2.0, 2.0]), 3).numpy().tolist()
     [0.75, -0.75, 0.0, 0.0, 0.0, 0.0]
+    >>> rloo_advantages(tf.constant([[1.0, 4.0], [3.0, 0.0]]), 2).numpy().tolist()
+    [[-2.0, 4.0], [2.0, -4.0]]
     """
     if num_samples < 2:
         raise ValueError(f"The rloo baseline needs num_samples >= 2; got {num_samples}.")
     grouped = group_rewards(rewards, num_samples)
     others = (tf.reduce_sum(grouped, axis=1, keepdims=True) - grouped) / (num_samples - 1)
-    return tf.reshape(grouped - others, [-1])
+    return _ungroup(grouped - others)
 
 
 def group_mean_advantages(rewards, num_samples):
-    """`r_i - mean_j r_j` over each group of `num_samples` (GRPO's centring); `[B * K]`.
+    """`r_i - mean_j r_j` over each group of `num_samples` (GRPO's centring); the shape of `rewards`.
 
     Example:
 
@@ -67,7 +79,7 @@ def group_mean_advantages(rewards, num_samples):
     if num_samples < 2:
         raise ValueError(f"The group_mean baseline needs num_samples >= 2; got {num_samples}.")
     grouped = group_rewards(rewards, num_samples)
-    return tf.reshape(grouped - tf.reduce_mean(grouped, axis=1, keepdims=True), [-1])
+    return _ungroup(grouped - tf.reduce_mean(grouped, axis=1, keepdims=True))
 
 
 def self_critical_advantages(rewards, greedy_rewards, num_samples):
@@ -125,7 +137,7 @@ def clipped_surrogate(logp, old_logp, advantages, epsilon=0.2, epsilon_high=None
     Args:
         logp: `(B, N)` log-probabilities of the sampled tokens, current policy.
         old_logp: `(B, N)` the same under the policy that sampled them.
-        advantages: `(B,)` one advantage per row.
+        advantages: `(B,)` one advantage per row, or `(B, N)` one per token.
         epsilon: float. Lower clip range. Defaults to `0.2`.
         epsilon_high: float or None. Upper clip range (DAPO's clip-higher).
             Defaults to `None`: `epsilon`.
@@ -144,7 +156,9 @@ def clipped_surrogate(logp, old_logp, advantages, epsilon=0.2, epsilon_high=None
     """
     epsilon_high = epsilon if epsilon_high is None else epsilon_high
     ratio = tf.exp(logp - old_logp)
-    advantages = tf.cast(advantages, ratio.dtype)[:, None]
+    advantages = tf.cast(advantages, ratio.dtype)
+    if advantages.shape.rank == 1:
+        advantages = advantages[:, None]
     unclipped = ratio * advantages
     bounded = tf.clip_by_value(ratio, 1.0 - epsilon, 1.0 + epsilon_high) * advantages
     clipped = ((ratio > 1.0 + epsilon_high) & (advantages > 0)) | ((ratio < 1.0 - epsilon) & (advantages < 0))

@@ -218,6 +218,9 @@ class ReinforceTrainer(keras.Model):
             raise ValueError(f"max_new_tokens must be >= 1; got {max_new_tokens}.")
         check_grpo_options(num_iterations, epsilon, epsilon_high, loss_type, scale_rewards,
                            whiten, filter_zero_std_groups, num_samples)
+        self.per_token = bool(getattr(reward, "per_token", False))
+        if self.per_token:
+            check_per_token_options(baseline, scale_rewards, whiten, include_greedy)
         self.policy = policy
         self.reward = reward
         self.prompt_length = prompt_length
@@ -404,7 +407,15 @@ class ReinforceTrainer(keras.Model):
             candidates = tf.cast(candidates, tf.int32)
         repeated_refs = tf.repeat(references, self.num_samples, axis=0)
         components, rewards = self.score(prompts, candidates, repeated_refs)
-        advantages = self.advantages(prompt_ids, references, rewards)
+        if self.per_token:
+            # One value per token (`RolloutReward`): each token is weighed by
+            # its own value, baselined per position across the K samples.
+            token_rewards = tf.debugging.check_numerics(
+                tf.cast(self.reward.token_values(prompts, candidates, repeated_refs), tf.float32),
+                "Per-token reward returned NaN or inf")
+            advantages = self.advantages(prompt_ids, references, token_rewards)
+        else:
+            advantages = self.advantages(prompt_ids, references, rewards)
 
         mask = tf.cast(tf.not_equal(candidates, PAD_ID), tf.float32)
         truncated = 1.0 - tf.reduce_max(tf.cast(tf.equal(candidates, EOS_ID), tf.float32), axis=1)
@@ -416,6 +427,12 @@ class ReinforceTrainer(keras.Model):
             keep *= tf.repeat(1.0 - zero_spread_groups(rewards, self.num_samples), self.num_samples)
         weights = mask * keep[:, None]
         rows = tf.cast(tf.shape(candidates)[0], tf.float32)
+        if self.per_token:
+            # Logged and kept per row: the mean advantage of its tokens.
+            row_advantages = tf.reduce_sum(advantages * mask, axis=1) / tf.maximum(
+                tf.reduce_sum(mask, axis=1), 1.0)
+        else:
+            row_advantages = advantages
         out = {
             "prompt_ids": prompt_ids,
             "references": references,
@@ -424,6 +441,7 @@ class ReinforceTrainer(keras.Model):
             "components": components,
             "rewards": rewards,
             "advantages": advantages,
+            "row_advantages": row_advantages,
             "truncated": truncated,
             "weights": weights,
             "rows": rows,
@@ -464,7 +482,7 @@ class ReinforceTrainer(keras.Model):
             clipped_tokens = tf.reduce_sum(clipped * weights)
         else:
             # REINFORCE: A * log pi, whose gradient is that of the ratio at 1.
-            objective = advantages[:, None] * logp
+            objective = (advantages if self.per_token else advantages[:, None]) * logp
         rl_loss = -aggregate(objective)
 
         kl_sum = tf.constant(0.0)
@@ -536,7 +554,7 @@ class ReinforceTrainer(keras.Model):
                 old_logp, first_logs = logs["logp"], logs
             self._update_loss_trackers(rollout, logs)
         self.last_rewards.assign(rollout["rewards"])
-        self.last_advantages.assign(rollout["advantages"])
+        self.last_advantages.assign(rollout["row_advantages"])
         if self.target_kl is not None:
             # The controller reads the KL of the policy that sampled.
             self.kl_coef.assign(
@@ -567,7 +585,7 @@ class ReinforceTrainer(keras.Model):
         rewards = rollout["rewards"]
         t["reward"].update_state(tf.reduce_sum(rewards), rows)
         t["reward_std"].update_state(rewards)
-        t["advantage_std"].update_state(rollout["advantages"])
+        t["advantage_std"].update_state(rollout["row_advantages"])
         t["kl_coef"].update_state(self.kl_coef * rows, rows)
         t["candidate_length"].update_state(logs["tokens"], rows)
         t["completion_length_mean"].update_state(logs["tokens"], rows)
@@ -582,6 +600,24 @@ class ReinforceTrainer(keras.Model):
         for name, value in rollout["components"].items():
             self._component_trackers[name].update_state(tf.reduce_sum(value), rows)
         return step_logs(self.metrics, self.distribute_strategy)
+
+
+PER_TOKEN_BASELINES = ("rloo", "group_mean", "none")
+
+
+def check_per_token_options(baseline, scale_rewards, whiten, include_greedy):
+    """Raises a one-line ValueError for options a per-token reward does not support."""
+    if baseline not in PER_TOKEN_BASELINES:
+        raise ValueError(
+            f"A per-token reward (RolloutReward) takes the baselines {PER_TOKEN_BASELINES}, "
+            f"computed per position across the K samples; got {baseline!r}."
+        )
+    if scale_rewards != "none" or whiten:
+        raise ValueError(
+            "A per-token reward (RolloutReward) is used unscaled: set scale_rewards='none' and whiten=False."
+        )
+    if include_greedy:
+        raise ValueError("A per-token reward (RolloutReward) needs sampled candidates: set include_greedy=False.")
 
 
 def check_grpo_options(num_iterations, epsilon, epsilon_high, loss_type, scale_rewards,
