@@ -42,6 +42,11 @@ What runs, in order (sizes of the full protocol; `--quick` shrinks them):
      (`seqgan_lr`). Rewards that are all positive push up the likelihood
      of every sample the policy draws, so this also sharpens the policy;
      NLL-test and the temperature curve show by how much.
+   - `reinforce_discriminator_rollout`: SeqGAN's algorithm: the update
+     above with per-token rewards, each token's the mean discriminator
+     probability of `rollouts` (16) completions of its prefix sampled from
+     the current policy (`RolloutReward`; SeqGAN's eq. 4, where the
+     authors rolled out with a slowly updated copy of the generator).
    - `reinforce_oracle`: the same trainer with the ORACLE's mean
      log-likelihood per token as the reward (`OracleReward`): an upper
      bound on what a reward can give, which a real task never has.
