@@ -104,6 +104,29 @@ def test_early_stopping_stops_fit_resumable_at_the_same_epoch_after_a_restart(tm
         np.testing.assert_array_equal(a, b)
 
 
+def test_min_epochs_keeps_patience_from_stopping_on_an_early_plateau(tmp_path):
+    # "max" of a falling loss: epoch 0 stays the best, so patience 1 alone stops after epoch 1.
+    short = fit_resumable(mle_trainer(), epoch_data, 10, str(tmp_path / "short"), monitor="loss", mode="max",
+                          patience=1, verbose=0)
+    assert short["stopped"] and short["epochs_done"] == 2 and short["best_epoch"] == 0
+    trainer = mle_trainer()
+    best_epoch_weights = [w.numpy() for w in trainer.policy.weights]
+
+    class Remember(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 0:
+                best_epoch_weights[:] = [w.numpy() for w in trainer.policy.weights]
+
+    held = fit_resumable(trainer, epoch_data, 10, str(tmp_path / "held"), monitor="loss", mode="max",
+                         patience=1, min_epochs=5, callbacks=[Remember()], verbose=0)
+    # Epochs 1-4 do not count; epoch 5 is the first without improvement that does.
+    assert held["stopped"] and held["epochs_done"] == 6 and held["best_epoch"] == 0
+    for a, b in zip(weights(trainer), best_epoch_weights):  # the best epoch's weights are restored
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="min_epochs"):
+        fit_resumable(mle_trainer(), epoch_data, 2, str(tmp_path / "bad"), monitor="loss", min_epochs=-1)
+
+
 def test_early_stopping_restore_best_weights_survives_a_restart(tmp_path):
     def stopper():
         return keras.callbacks.EarlyStopping(monitor="loss", mode="max", patience=2, restore_best_weights=True)

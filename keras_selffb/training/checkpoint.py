@@ -284,8 +284,9 @@ class _Checkpoint(keras.callbacks.Callback):
     """Last in `fit`'s callback list: checkpoints every epoch (module docstring)."""
 
     def __init__(self, trainer, directory, callbacks, monitor, mode, patience, epoch_offset, csv_path,
-                 callback_state):
+                 callback_state, min_epochs=0):
         super().__init__()
+        self.min_epochs = min_epochs
         self.trainer = trainer
         self.directory = directory
         self.callbacks = callbacks
@@ -331,7 +332,7 @@ class _Checkpoint(keras.callbacks.Callback):
             if _improved(logs[self.monitor], state["best"], self.mode):
                 state.update(best=logs[self.monitor], best_epoch=e, wait=0, best_file=f"best_{e}.npz")
                 save_arrays(self.path(state["best_file"]), self.trainer.policy.weights)
-            else:
+            elif e >= self.min_epochs:  # epochs before min_epochs do not count toward patience
                 state["wait"] += 1
                 if self.patience is not None and state["wait"] >= self.patience:
                     self.model.stop_training = True
@@ -415,6 +416,7 @@ def fit_resumable(
     monitor=None,
     mode="min",
     patience=None,
+    min_epochs=0,
     on_epoch_begin=None,
     epoch_offset=0,
     verbose="auto",
@@ -443,6 +445,12 @@ def fit_resumable(
             at the end. Defaults to `None` (no early stopping).
         mode: str. `"min"` or `"max"` for `monitor`.
         patience: int or None. Epochs without improvement before stopping.
+        min_epochs: int. The first `min_epochs` epochs do not count toward
+            `patience` (the best epoch is still tracked from the first), so
+            training runs at least `min_epochs + patience` epochs unless a
+            later epoch improves. For models that sit on a plateau before
+            they learn, where a short patience would stop them there.
+            Defaults to `0`.
         on_epoch_begin: callable `epoch -> None` run before each epoch (before
             the callbacks' `on_epoch_begin`), e.g. to reseed a sampler.
         epoch_offset: int. Added to the epoch index the callbacks see (so
@@ -464,8 +472,10 @@ def fit_resumable(
     """
     os.makedirs(directory, exist_ok=True)
     callbacks = list(callbacks)
+    if isinstance(min_epochs, bool) or not isinstance(min_epochs, (int, np.integer)) or min_epochs < 0:
+        raise ValueError(f"min_epochs must be an integer >= 0; got {min_epochs!r}.")
     checkpoint = _Checkpoint(trainer, directory, callbacks, monitor, mode, patience, epoch_offset, csv_path,
-                             callback_state)
+                             callback_state, min_epochs=int(min_epochs))
     state = checkpoint.state
     resumed_from = state["epochs_done"]
     if state["finished"]:
