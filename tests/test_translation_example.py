@@ -231,3 +231,33 @@ def test_paired_bootstrap_matches_sacrebleu_and_counts_sentences():
     same = translation.paired_bootstrap(references, before, before, samples=100, seed=2)
     assert same["bleu_diff_95"] == [0.0, 0.0] and same["exact_diff_95"] == [0.0, 0.0]
     assert np.isfinite(boot["exact_diff_95"]).all()
+
+
+@pytest.mark.filterwarnings("ignore:.*kept their last tokens")
+def test_roundtrip_stage_warns_about_a_back_translator_that_did_not_learn(tmp_path, capsys):
+    import argparse
+
+    import keras
+
+    from keras_selffb.generator import ResponseGenerator
+    from keras_selffb.models import PolicyNetwork
+    from keras_selffb.text import CharTokenizer
+
+    splits = {k: translation.orient(v, "zh-en") for k, v in translation.synthetic_pairs(seed=0).items()}
+    splits = {"train": splits["train"][:64], "dev": splits["dev"][:32], "test": splits["test"][:32]}
+    tokenizer = CharTokenizer.train([t for pairs in splits.values() for pair in pairs for t in pair])
+    prompt_length = max(len(s) for pairs in splits.values() for s, _ in pairs) + 2
+    response_length = max(len(t) for pairs in splits.values() for _, t in pairs) + 1
+    keras.utils.set_random_seed(0)
+    forward = PolicyNetwork(tokenizer.vocabulary_size, embedding_dim=8, hidden_dim=8)
+    generator = ResponseGenerator(forward, tokenizer, prompt_length, response_length)
+    # One epoch of a tiny reverse model: it cannot have learned to back-translate.
+    args = argparse.Namespace(seed=0, hidden=8, reverse_mle_epochs=1, mle_epochs=1, patience=3, min_mle_epochs=0,
+                              output=str(tmp_path), data_seed=0, unlabelled=20, train_numbers=600,
+                              train_dates=150, mix_labelled=False, exact_weight=0.5)
+    _, rl_pairs, record = translation.roundtrip_stage(args, tokenizer, forward, generator, splits,
+                                                      prompt_length, response_length)
+    out = capsys.readouterr().out
+    assert record["roundtrip"]["reverse_dev"]["chrf"] < translation.REVERSE_CHRF_WARNING
+    assert "WARNING: the back-translator scores chrF" in out and "--min-mle-epochs" in out
+    assert len(rl_pairs) == 20 and all(reference == "" for _, reference in rl_pairs)
