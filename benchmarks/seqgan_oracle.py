@@ -853,6 +853,8 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=None, help="override the self-feedback rounds")
     parser.add_argument("--eval-every", type=int, default=None, help="MLE epochs between evaluations")
     parser.add_argument("--rl-lr", type=float, default=None, help="Adam rate of the self-feedback updates")
+    parser.add_argument("--generator-steps", type=int, default=None,
+                        help="generator updates per self-feedback round (1, as SeqGAN)")
     parser.add_argument("--baseline", default=None, choices=("rloo", "none", "moving_average"),
                         help="REINFORCE baseline (rloo; SeqGAN used none)")
     parser.add_argument("--init", default=None, choices=("seqgan", "keras"),
@@ -874,7 +876,8 @@ def main(argv=None):
         parser.error(f"--methods: unknown {unknown} (or none given); choose from {list(METHODS + CONTROLS)}")
     config = dict(QUICK if args.quick else FULL)
     for key, value in (("mle_epochs", args.mle_epochs), ("rounds", args.rounds), ("eval_every", args.eval_every),
-                       ("rl_lr", args.rl_lr), ("baseline", args.baseline), ("init", args.init)):
+                       ("rl_lr", args.rl_lr), ("baseline", args.baseline), ("init", args.init),
+                       ("generator_steps", args.generator_steps)):
         if value is not None:
             config[key] = value
     if args.output is None:
