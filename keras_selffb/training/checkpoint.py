@@ -447,8 +447,8 @@ def fit_resumable(
         patience: int or None. Epochs without improvement before stopping.
         min_epochs: int. The first `min_epochs` epochs do not count toward
             `patience` (the best epoch is still tracked from the first), so
-            training runs at least `min_epochs + patience` epochs unless a
-            later epoch improves. For models that sit on a plateau before
+            early stopping ends training after `min_epochs + patience`
+            epochs at the soonest. For models that sit on a plateau before
             they learn, where a short patience would stop them there.
             Defaults to `0`.
         on_epoch_begin: callable `epoch -> None` run before each epoch (before
@@ -470,10 +470,10 @@ def fit_resumable(
         callback or `patience` ended training early), `epochs_done`,
         `callback_state` (see above).
     """
-    os.makedirs(directory, exist_ok=True)
-    callbacks = list(callbacks)
     if isinstance(min_epochs, bool) or not isinstance(min_epochs, (int, np.integer)) or min_epochs < 0:
         raise ValueError(f"min_epochs must be an integer >= 0; got {min_epochs!r}.")
+    os.makedirs(directory, exist_ok=True)
+    callbacks = list(callbacks)
     checkpoint = _Checkpoint(trainer, directory, callbacks, monitor, mode, patience, epoch_offset, csv_path,
                              callback_state, min_epochs=int(min_epochs))
     state = checkpoint.state

@@ -70,7 +70,11 @@ class ReinforceTrainer(keras.Model):
         policy: a `PolicyNetwork` or `CausalLMPolicy`, or a
             `ResponseGenerator` (which brings its policy and both lengths:
             `ReinforceTrainer(generator, reward)`).
-        reward: a `keras_selffb.rewards.Reward`.
+        reward: a `keras_selffb.rewards.Reward`. One whose `per_token` is
+            true (`RolloutReward`) gives every token its own value: each
+            token is weighed by its value minus the baseline at its
+            position (baselines `"rloo"`, `"group_mean"` or `"none"`,
+            unscaled, no `include_greedy`).
         prompt_length: int. Prompt columns `P` of each packed row.
         max_new_tokens: int. Longest candidate, EOS included.
         num_samples: int. Candidates per prompt `K`. Defaults to `4`.
