@@ -47,6 +47,9 @@ What runs, in order (sizes of the full protocol; `--quick` shrinks them):
      probability of `rollouts` (16) completions of its prefix sampled from
      the current policy (`RolloutReward`; SeqGAN's eq. 4, where the
      authors rolled out with a slowly updated copy of the generator).
+     `reinforce_discriminator_rollout_lagged` (run only when named) rolls
+     out with that copy: after every round it keeps 0.8 of its weights and
+     takes 0.2 of the generator's (`lag_update`).
    - `reinforce_oracle`: the same trainer with the ORACLE's mean
      log-likelihood per token as the reward (`OracleReward`): an upper
      bound on what a reward can give, which a real task never has.
@@ -480,6 +483,7 @@ FULL = {
     "rl_lr": 1e-3,  # Adam; SeqGAN's 0.01 made the oracle reward collapse the policy in 40 steps
     "baseline": "rloo",  # SeqGAN had none: with rewards >= 0 that also sharpens the policy
     "rollouts": 16,  # reinforce_discriminator_rollout: completions per prefix (SeqGAN's 16)
+    "rollout_update_rate": 0.8,  # ..._rollout_lagged: the roll-out copy keeps 0.8 of itself a round (SeqGAN's)
     "seqgan_lr": 0.01,  # reinforce_discriminator_seqgan: the authors' generator rate, no baseline
     "disc_lr": 1e-3,  # SeqGAN used 1e-4 with many more epochs
     "disc_pretrain_epochs": 2,  # on num_train real vs as many MLE samples
@@ -505,8 +509,9 @@ QUICK = {
 METHODS = ("reinforce_discriminator", "reinforce_discriminator_seqgan", "reinforce_discriminator_rollout",
            "reinforce_oracle", "contrastive_discriminator")
 # Run only when asked (--methods): SeqGAN's update with the discriminator's
-# rewards replaced by their batch mean (`BatchMeanReward`).
-CONTROLS = ("reinforce_discriminator_seqgan_batch_mean",)
+# rewards replaced by their batch mean (`BatchMeanReward`), and the roll-out
+# method with the authors' slowly updated roll-out policy.
+ON_REQUEST = ("reinforce_discriminator_seqgan_batch_mean", "reinforce_discriminator_rollout_lagged")
 PROMPT_LENGTH = len(PROMPT)
 
 
@@ -614,6 +619,15 @@ def heldout_accuracy(discriminator, policy, test_ids, num, seed):
     return float(((p_real > 0.5).mean() + (p_fake <= 0.5).mean()) / 2)
 
 
+def lag_update(lagged, policy, rate):
+    """`lagged <- rate * lagged + (1 - rate) * policy`, every array (SeqGAN's roll-out network, rate 0.8).
+
+    The authors copied the embedding outright and moved the other arrays at
+    this rate; here every array moves at the rate.
+    """
+    lagged.set_weights([rate * a + (1.0 - rate) * b for a, b in zip(lagged.get_weights(), policy.get_weights())])
+
+
 def build_trainer(method, policy, oracle, config, seed, discriminator_weights):
     """The keras-selffb trainer of a method and its reward (None for the oracle)."""
     common = {"prompt_length": PROMPT_LENGTH, "max_new_tokens": LENGTH,
@@ -634,11 +648,13 @@ def build_trainer(method, policy, oracle, config, seed, discriminator_weights):
         reward = discriminator if method == "reinforce_discriminator_seqgan" else BatchMeanReward(discriminator)
         trainer = ReinforceTrainer(policy, reward, baseline="none", scale_rewards="none", **common)
         learning_rate = config["seqgan_lr"]
-    elif method == "reinforce_discriminator_rollout":
+    elif method in ("reinforce_discriminator_rollout", "reinforce_discriminator_rollout_lagged"):
         # SeqGAN itself: its update (as above) with per-token rewards, each
-        # token's the mean P(real) of `rollouts` completions of its prefix by
-        # the current policy (`RolloutReward`).
-        reward = RolloutReward(discriminator, policy, num_rollouts=config["rollouts"], seed=seed)
+        # token's the mean P(real) of `rollouts` completions of its prefix
+        # (`RolloutReward`) by the current policy, or (`_lagged`, as the
+        # authors) by a copy that follows it slowly (`lag_update`).
+        rollout_policy = policy if method == "reinforce_discriminator_rollout" else copy_generator(policy)
+        reward = RolloutReward(discriminator, rollout_policy, num_rollouts=config["rollouts"], seed=seed)
         trainer = ReinforceTrainer(policy, reward, baseline="none", scale_rewards="none", **common)
         learning_rate = config["seqgan_lr"]
     elif method == "reinforce_oracle":
@@ -648,7 +664,7 @@ def build_trainer(method, policy, oracle, config, seed, discriminator_weights):
         trainer = ContrastiveTrainer(policy, mode="sequence_likelihood", ranking_fn=discriminator,
                                      rank_weight=1.0, mle_weight=1.0, **common)
     else:
-        raise ValueError(f"Unknown method {method!r}; choose from {METHODS + CONTROLS}.")
+        raise ValueError(f"Unknown method {method!r}; choose from {METHODS + ON_REQUEST}.")
     trainer.compile(optimizer=keras.optimizers.Adam(learning_rate, global_clipnorm=config["clip_norm"]))
     return trainer, discriminator
 
@@ -674,6 +690,9 @@ def self_feedback(method, mle_policy, mle_point, oracle, train_ids, test_ids, co
         # the contrastive MLE term fits; REINFORCE reads only the prompt.
         rows = packed_rows(train_ids[rng.choice(len(train_ids), step_rows, replace=False)])
         history = trainer.fit(rows, batch_size=config["prompts_per_step"], epochs=1, shuffle=False, verbose=0)
+        rollout_policy = getattr(trainer.reward, "policy", None)
+        if rollout_policy is not None and rollout_policy is not policy:
+            lag_update(rollout_policy, policy, config["rollout_update_rate"])
         reward = history.history.get("reward", history.history.get("score"))
         reward = None if reward is None else float(reward[-1])
         accuracy = None
@@ -794,9 +813,9 @@ def table(results):
 
 def run(config, seed, quick, xla=True, log=_say, methods=METHODS, mle_cache=None):
     """The whole benchmark; returns the results dict (what the JSON holds)."""
-    unknown = [m for m in methods if m not in METHODS + CONTROLS]
+    unknown = [m for m in methods if m not in METHODS + ON_REQUEST]
     if unknown or not methods:
-        raise ValueError(f"Unknown methods {unknown} (or none given); choose from {METHODS + CONTROLS}.")
+        raise ValueError(f"Unknown methods {unknown} (or none given); choose from {METHODS + ON_REQUEST}.")
     wall = time.perf_counter()
     oracle = Oracle()
     train_ids = oracle.sample(config["num_train"], seed=seed, stream=TRAIN_STREAM)
@@ -865,15 +884,15 @@ def main(argv=None):
                              "(seqgan_oracle_quick.json with --quick)")
     parser.add_argument("--plot", default=None, help="PNG path; defaults to the output with .png")
     parser.add_argument("--methods", default=",".join(METHODS),
-                        help=f"comma-separated self-feedback methods, of {list(METHODS + CONTROLS)}")
+                        help=f"comma-separated self-feedback methods, of {list(METHODS + ON_REQUEST)}")
     parser.add_argument("--mle-cache", default=None, metavar="DIR",
                         help="reuse the MLE generator saved here by an earlier run with the same settings "
                              "(or train it and save it here)")
     args = parser.parse_args(argv)
     methods = tuple(filter(None, args.methods.split(",")))
-    unknown = [m for m in methods if m not in METHODS + CONTROLS]
+    unknown = [m for m in methods if m not in METHODS + ON_REQUEST]
     if unknown or not methods:
-        parser.error(f"--methods: unknown {unknown} (or none given); choose from {list(METHODS + CONTROLS)}")
+        parser.error(f"--methods: unknown {unknown} (or none given); choose from {list(METHODS + ON_REQUEST)}")
     config = dict(QUICK if args.quick else FULL)
     for key, value in (("mle_epochs", args.mle_epochs), ("rounds", args.rounds), ("eval_every", args.eval_every),
                        ("rl_lr", args.rl_lr), ("baseline", args.baseline), ("init", args.init),

@@ -280,3 +280,21 @@ def test_mle_cache_reuses_the_generator_and_gives_the_same_results(bench, tmp_pa
     # Other MLE settings: the cache is not used, the generator is trained again.
     bench.main(args + ["--mle-epochs", "2", "--output", str(tmp_path / "c.json")])
     assert len(trained) == 2
+
+
+def test_lagged_rollout_policy_follows_the_generator_at_the_rate(bench, tmp_path, monkeypatch):
+    lagged = bench.OracleGenerator(vocab_size=12, embedding_dim=4, hidden_dim=4)
+    policy = bench.OracleGenerator(vocab_size=12, embedding_dim=4, hidden_dim=4)
+    ids = np.zeros((1, 3), np.int32)
+    lagged(ids), policy(ids)
+    before = [w.copy() for w in lagged.get_weights()]
+    bench.lag_update(lagged, policy, 0.8)
+    for old, new, target in zip(before, lagged.get_weights(), policy.get_weights()):
+        np.testing.assert_allclose(new, 0.8 * old + 0.2 * target, rtol=1e-6, atol=1e-7)
+    # The method runs end to end and rolls out with its own copy, two rounds on tiny sizes.
+    monkeypatch.setattr(bench, "QUICK", {**tiny_config(bench, 1.0), "rounds": 2})
+    method = "reinforce_discriminator_rollout_lagged"
+    results = bench.main(["--quick", "--seed", "2", "--no-xla", "--methods", method,
+                          "--output", str(tmp_path / "lagged.json")])
+    curve = results["methods"][method]
+    assert curve["round"] == [0, 1, 2] and np.isfinite(curve["nll_oracle"]).all()
