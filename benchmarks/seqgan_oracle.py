@@ -690,7 +690,7 @@ def self_feedback(method, mle_policy, mle_point, oracle, train_ids, test_ids, co
         # the contrastive MLE term fits; REINFORCE reads only the prompt.
         rows = packed_rows(train_ids[rng.choice(len(train_ids), step_rows, replace=False)])
         history = trainer.fit(rows, batch_size=config["prompts_per_step"], epochs=1, shuffle=False, verbose=0)
-        rollout_policy = getattr(trainer.reward, "policy", None)
+        rollout_policy = getattr(getattr(trainer, "reward", None), "policy", None)
         if rollout_policy is not None and rollout_policy is not policy:
             lag_update(rollout_policy, policy, config["rollout_update_rate"])
         reward = history.history.get("reward", history.history.get("score"))
