@@ -10,22 +10,10 @@ from keras_selffb.rewards.base import Reward
 from keras_selffb.text import EOS_ID, PAD_ID, RESERVED_TOKENS
 from keras_selffb.training import ReinforceTrainer
 
+from test_reinforce import FORBIDDEN, TokenCountReward as CountReward
+
 VOCAB = len(RESERVED_TOKENS) + 3  # content ids 5, 6, 7
 SEVEN = 7
-FORBIDDEN = [0, 1, 3, 4]  # PAD, BOS, UNK, SEP are never sampled
-
-
-class CountReward(Reward):
-    """How many times `token` occurs in a candidate."""
-
-    default_name = "count"
-
-    def __init__(self, token, name=None):
-        super().__init__(name)
-        self.token = token
-
-    def call(self, prompts, candidates, references):
-        return tf.reduce_sum(tf.cast(tf.equal(candidates, self.token), tf.float32), axis=1)
 
 
 class FixedTokenReward(Reward):
