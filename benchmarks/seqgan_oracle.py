@@ -80,9 +80,10 @@ authors' generator fed the embedding of token 0: the same model class.
     python benchmarks/seqgan_oracle.py --seed 0 --mle-cache runs/seqgan_mle \
         --methods reinforce_discriminator_seqgan_batch_mean   # one method, MLE reused
 
-The full protocol (four methods) took 44 minutes on the 2-core development
-VM with two seeds running side by side (MLE 22 of them), the quick run 2-3.5
-minutes depending on the VM's load. `--methods` picks the self-feedback
+The full protocol with the first four methods took 44 minutes on the 2-core
+development VM with two seeds running side by side (MLE 22 of them); the
+roll-out method, now in the default run, adds 12-17 minutes. The quick run
+takes 2-3.5 minutes depending on the VM's load. `--methods` picks the self-feedback
 methods; `reinforce_discriminator_seqgan_batch_mean` (run only when named)
 is the control of the SeqGAN-faithful method: the same update with every
 sample rewarded by the batch's mean discriminator probability
