@@ -396,7 +396,7 @@ def evaluate(policy, oracle, test_ids, num_samples, seed, temperature=1.0):
 
 def make_discriminator(vocab_size=VOCAB + NUM_RESERVED, length=LENGTH, embedding_dim=32,
                        filter_sizes=(1, 2, 3, 4, 5, 8, 10, 15, 20), num_filters=32, dropout=0.5,
-                       seed=0):
+                       l2=0.0, seed=0):
     """A SeqGAN-style CNN classifier: ids `[B, 20]` -> P(real) `[B, 1]`.
 
     Embedding, one convolution per filter width with max-over-time pooling,
@@ -406,22 +406,28 @@ def make_discriminator(vocab_size=VOCAB + NUM_RESERVED, length=LENGTH, embedding
     8-epoch MLE generator) it reached 0.60-0.65 accuracy after 1-2 epochs
     on 10,000 + 10,000 sequences and then overfitted the real set; wider
     (embedding 64) or with a smaller learning rate it did no better.
+    `l2` > 0 puts an L2 penalty of that weight on the embedding and on
+    every kernel (SeqGAN penalised its output layer's, at 0.2).
     """
     init = keras.initializers.GlorotUniform
+    reg = keras.regularizers.L2(l2) if l2 > 0 else None
     ids = keras.Input((length,), dtype="int32")
     x = keras.layers.Embedding(vocab_size, embedding_dim,
-                               embeddings_initializer=keras.initializers.RandomUniform(-0.05, 0.05, seed=seed))(ids)
+                               embeddings_initializer=keras.initializers.RandomUniform(-0.05, 0.05, seed=seed),
+                               embeddings_regularizer=reg)(ids)
     pooled = [keras.layers.GlobalMaxPooling1D()(
-        keras.layers.Conv1D(num_filters, width, activation="relu", kernel_initializer=init(seed + width))(x))
+        keras.layers.Conv1D(num_filters, width, activation="relu", kernel_initializer=init(seed + width),
+                            kernel_regularizer=reg)(x))
         for width in filter_sizes if width <= length]
     features = keras.layers.Concatenate()(pooled)
     gate = keras.layers.Dense(features.shape[-1], activation="sigmoid", kernel_initializer=init(seed + 101),
-                              bias_initializer=keras.initializers.Constant(-1.0))(features)
+                              bias_initializer=keras.initializers.Constant(-1.0), kernel_regularizer=reg)(features)
     transform = keras.layers.Dense(features.shape[-1], activation="relu",
-                                   kernel_initializer=init(seed + 102))(features)
+                                   kernel_initializer=init(seed + 102), kernel_regularizer=reg)(features)
     highway = gate * transform + (1.0 - gate) * features
     highway = keras.layers.Dropout(dropout, seed=seed)(highway)
-    out = keras.layers.Dense(1, activation="sigmoid", kernel_initializer=init(seed + 103))(highway)
+    out = keras.layers.Dense(1, activation="sigmoid", kernel_initializer=init(seed + 103),
+                             kernel_regularizer=reg)(highway)
     return keras.Model(ids, out, name="cnn_discriminator")
 
 
@@ -487,6 +493,10 @@ FULL = {
     "rollout_update_rate": 0.8,  # ..._rollout_lagged: the roll-out copy keeps 0.8 of itself a round (SeqGAN's)
     "seqgan_lr": 0.01,  # reinforce_discriminator_seqgan: the authors' generator rate, no baseline
     "disc_lr": 1e-3,  # SeqGAN used 1e-4 with many more epochs
+    "disc_dropout": 0.5,  # SeqGAN: 0.25 (keep probability 0.75)
+    "disc_l2": 0.0,  # L2 on the discriminator's embedding and kernels (SeqGAN: 0.2 on its output layer)
+    "disc_label_smoothing": 0.0,  # one-sided: real rows trained toward 1 - this
+    "seqgan_kl_coef": 0.0,  # reinforce_discriminator_seqgan*: KL to the MLE generator (0: SeqGAN's update)
     "disc_pretrain_epochs": 2,  # on num_train real vs as many MLE samples
     "disc_samples": 2_000,  # real and as many fresh fake a round
     "disc_epochs": 1,
@@ -600,10 +610,19 @@ def cached_mle(cache_dir, oracle, train_ids, test_ids, config, seed, quick, xla=
     return policy, curve
 
 
+def discriminator_reward(config, seed, weights=None):
+    """The configured `DiscriminatorReward` (CNN, dropout, L2, label smoothing), optionally with `weights`."""
+    classifier = make_discriminator(dropout=config["disc_dropout"], l2=config["disc_l2"], seed=seed)
+    if weights is not None:
+        classifier.set_weights(weights)
+    return DiscriminatorReward(classifier, learning_rate=config["disc_lr"],
+                               label_smoothing=config["disc_label_smoothing"])
+
+
 def pretrain_discriminator(policy, train_ids, config, seed):
     """A discriminator trained on real vs the MLE generator's samples; its weights."""
     keras.utils.set_random_seed(seed)
-    reward = DiscriminatorReward(make_discriminator(seed=seed), learning_rate=config["disc_lr"])
+    reward = discriminator_reward(config, seed)
     fake = generator_sample(policy, len(train_ids), seed=seed, stream=FAKE_STREAM)
     history = reward.fit_discriminator(to_policy_ids(train_ids), to_policy_ids(fake),
                                        epochs=config["disc_pretrain_epochs"], batch_size=config["disc_batch_size"],
@@ -635,9 +654,7 @@ def build_trainer(method, policy, oracle, config, seed, discriminator_weights):
               "num_samples": config["num_samples"], "seed": seed}
     discriminator = None
     if "discriminator" in method:
-        classifier = make_discriminator(seed=seed)
-        classifier.set_weights(discriminator_weights)
-        discriminator = DiscriminatorReward(classifier, learning_rate=config["disc_lr"])
+        discriminator = discriminator_reward(config, seed, discriminator_weights)
     learning_rate = config["rl_lr"]
     if method == "reinforce_discriminator":
         trainer = ReinforceTrainer(policy, discriminator, baseline=config["baseline"], scale_rewards="batch",
@@ -647,7 +664,10 @@ def build_trainer(method, policy, oracle, config, seed, discriminator_weights):
         # (>= 0, no baseline, not scaled) at the authors' rate 0.01; the
         # control gives every sample the batch's mean of it.
         reward = discriminator if method == "reinforce_discriminator_seqgan" else BatchMeanReward(discriminator)
-        trainer = ReinforceTrainer(policy, reward, baseline="none", scale_rewards="none", **common)
+        kl = {}
+        if config["seqgan_kl_coef"] > 0:  # an anchor to the MLE generator (not SeqGAN's)
+            kl = {"kl_coef": config["seqgan_kl_coef"], "reference_policy": copy_generator(policy)}
+        trainer = ReinforceTrainer(policy, reward, baseline="none", scale_rewards="none", **kl, **common)
         learning_rate = config["seqgan_lr"]
     elif method in ("reinforce_discriminator_rollout", "reinforce_discriminator_rollout_lagged"):
         # SeqGAN itself: its update (as above) with per-token rewards, each
@@ -864,6 +884,31 @@ def run(config, seed, quick, xla=True, log=_say, methods=METHODS, mle_cache=None
     return results
 
 
+def parse_setting(item, config):
+    """`"key=value"` -> (key, value typed as `config[key]`); ValueError naming the problem."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ValueError("expected KEY=VALUE")
+    if key not in config:
+        raise ValueError(f"unknown setting {key!r}; settings: {sorted(config)}")
+    current = config[key]
+    if isinstance(current, (list, tuple)):
+        raise ValueError(f"{key!r} is a list; it cannot be set here")
+    if isinstance(current, bool):
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"{key!r} takes true or false, got {text!r}")
+        return key, text.lower() in ("true", "1")
+    try:
+        if isinstance(current, int):
+            return key, int(text)
+        if isinstance(current, float):
+            return key, float(text)
+    except ValueError:
+        raise ValueError(f"{key!r} takes a {type(current).__name__}, got {text!r}") from None
+    return key, text
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
@@ -884,6 +929,9 @@ def main(argv=None):
                         help="JSON path; defaults to benchmarks/results/seqgan_oracle.json "
                              "(seqgan_oracle_quick.json with --quick)")
     parser.add_argument("--plot", default=None, help="PNG path; defaults to the output with .png")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a protocol setting (repeatable), e.g. --set disc_l2=1e-4; "
+                             "the keys are those of FULL")
     parser.add_argument("--methods", default=",".join(METHODS),
                         help=f"comma-separated self-feedback methods, of {list(METHODS + ON_REQUEST)}")
     parser.add_argument("--mle-cache", default=None, metavar="DIR",
@@ -900,6 +948,12 @@ def main(argv=None):
                        ("generator_steps", args.generator_steps)):
         if value is not None:
             config[key] = value
+    for item in args.set:
+        try:
+            key, value = parse_setting(item, config)
+        except ValueError as error:
+            parser.error(f"--set {item!r}: {error}")
+        config[key] = value
     if args.output is None:
         name = "seqgan_oracle_quick.json" if args.quick else "seqgan_oracle.json"
         args.output = os.path.join(HERE, "results", name)

@@ -207,6 +207,79 @@ def test_discriminator_reward_errors():
         wide(None, np.ones((2, 3), np.int32), None)
 
 
+class ConstantClassifier(keras.Model):
+    """P(real) = sigmoid(b) for every row, with an optional L2 on a weight w that multiplies nothing."""
+
+    def __init__(self, l2=0.0):
+        super().__init__()
+        self.b = self.add_weight(shape=(), initializer="zeros", name="b")
+        self.w = self.add_weight(shape=(3,), initializer="ones", name="w",
+                                 regularizer=keras.regularizers.L2(l2) if l2 else None)
+
+    def call(self, ids, training=False):
+        zero = tf.zeros_like(tf.cast(ids[:, :1], tf.float32))
+        # w enters with weight 0: its only gradient is its regulariser's.
+        return tf.sigmoid(self.b + zero + 0.0 * tf.reduce_sum(self.w))
+
+
+def test_label_smoothing_is_one_sided_optimum_by_hand():
+    # Equal real and fake rows, one shared output p: the cross-entropy against
+    # targets (1 - s) for real and 0 for fake is least at p = (1 - s) / 2.
+    real = np.full((32, 4), 7)
+    fake = np.full((32, 4), 9)
+    for smoothing, expected in ((0.0, 0.5), (0.2, 0.4)):
+        keras.utils.set_random_seed(0)
+        reward = DiscriminatorReward(ConstantClassifier(), learning_rate=0.05, label_smoothing=smoothing)
+        reward.fit_discriminator(real, fake, epochs=150, batch_size=64, seed=0)
+        assert reward(None, real[:1], None).numpy()[0] == pytest.approx(expected, abs=0.01)
+    for bad in (-0.1, 0.5, True):
+        with pytest.raises(ValueError, match="label_smoothing"):
+            DiscriminatorReward(ConstantClassifier(), label_smoothing=bad)
+
+
+def test_fit_discriminator_adds_the_classifiers_regularisation_losses():
+    # w has no gradient from the data; only its L2 term moves it. Adam's
+    # first steps move every weight by about the learning rate, so after 20
+    # steps at 0.01 an L2-penalised w has fallen from 1 toward 0.8, and a
+    # w without the penalty has not moved.
+    real = np.full((16, 4), 7)
+    fake = np.full((16, 4), 9)
+    moved = {}
+    for l2 in (0.0, 1.0):
+        classifier = ConstantClassifier(l2=l2)
+        reward = DiscriminatorReward(classifier, learning_rate=0.01)
+        reward.fit_discriminator(real, fake, epochs=10, batch_size=16, seed=0)
+        moved[l2] = 1.0 - classifier.w.numpy()
+    np.testing.assert_allclose(moved[0.0], 0.0, atol=1e-7)
+    np.testing.assert_allclose(moved[1.0], 0.2, atol=0.02)
+
+
+def test_regularised_benchmark_discriminator_has_penalties_only_when_asked(bench):
+    plain = bench.make_discriminator(vocab_size=40, length=6, filter_sizes=(1, 2), num_filters=4)
+    plain(np.ones((2, 6), np.int32))
+    assert plain.losses == []
+    penalised = bench.make_discriminator(vocab_size=40, length=6, filter_sizes=(1, 2), num_filters=4, l2=1e-3)
+    penalised(np.ones((2, 6), np.int32))
+    # embedding, two convolutions, the highway's two dense layers, the output layer
+    assert len(penalised.losses) == 6
+    expected = 1e-3 * sum(float(np.sum(np.square(v.numpy()))) for v in penalised.trainable_variables
+                          if v.path.endswith(("embeddings", "kernel")))
+    assert float(sum(penalised.losses)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_set_overrides_are_typed_and_checked(bench):
+    config = dict(bench.FULL)
+    assert bench.parse_setting("disc_l2=1e-4", config) == ("disc_l2", 1e-4)
+    assert bench.parse_setting("rounds=150", config) == ("rounds", 150)
+    assert bench.parse_setting("init=keras", config) == ("init", "keras")
+    for item, message in (("rounds=1.5", "takes a int"), ("disc_l3=1", "unknown setting"),
+                          ("disc_l2", "KEY=VALUE"), ("temperatures=1", "is a list")):
+        with pytest.raises(ValueError, match=message):
+            bench.parse_setting(item, config)
+    with pytest.raises(SystemExit):
+        bench.main(["--quick", "--set", "nonsense=1"])
+
+
 def tiny_config(bench, temperature):
     """The quick protocol shrunk to seconds: every piece runs, nothing is learned."""
     return {

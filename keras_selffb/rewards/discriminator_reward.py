@@ -15,6 +15,14 @@ same layout. `fit_discriminator(real_ids, fake_ids, ...)` (re)trains it by
 binary cross-entropy with Adam; a self-feedback round calls it on real data
 and the policy's current samples before the policy's updates, so the
 evaluator keeps up with the policy.
+
+A discriminator retrained every round on one fixed real set memorises it
+(SeqGAN's oracle benchmark: 0.98 training accuracy, 0.56-0.62 on held-out
+real sequences). Two regularisers are built in: the classifier's own
+regularisation losses (`kernel_regularizer=...`, `model.losses`) are added
+to the training loss, and `label_smoothing` gives real rows the target
+`1 - label_smoothing` (one-sided smoothing, Salimans et al. 2016: fakes
+stay at 0, so the reward is never pushed up for fake-looking rows).
 """
 
 import keras
@@ -54,6 +62,8 @@ class DiscriminatorReward(Reward):
             a sigmoid and the training loss takes logits. Defaults to `False`.
         learning_rate: float. Adam's learning rate in `fit_discriminator`.
             Defaults to `1e-3`.
+        label_smoothing: float in [0, 0.5). Real rows are trained toward
+            `1 - label_smoothing`, fake rows toward 0. Defaults to `0.0`.
         name: str. The logged name. Defaults to `"discriminator"`.
 
     Example:
@@ -87,7 +97,7 @@ class DiscriminatorReward(Reward):
 
     default_name = "discriminator"
 
-    def __init__(self, classifier, from_logits=False, learning_rate=1e-3, name=None):
+    def __init__(self, classifier, from_logits=False, learning_rate=1e-3, label_smoothing=0.0, name=None):
         super().__init__(name=name)
         if not callable(classifier) or not hasattr(classifier, "trainable_variables"):
             raise TypeError(
@@ -96,9 +106,12 @@ class DiscriminatorReward(Reward):
             )
         if not learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0; got {learning_rate}.")
+        if isinstance(label_smoothing, bool) or not 0.0 <= label_smoothing < 0.5:
+            raise ValueError(f"label_smoothing must be in [0, 0.5); got {label_smoothing!r}.")
         self.classifier = classifier
         self.from_logits = bool(from_logits)
         self.learning_rate = float(learning_rate)
+        self.label_smoothing = float(label_smoothing)
         self.optimizer = None
         self._train_step = None
 
@@ -145,14 +158,19 @@ class DiscriminatorReward(Reward):
         variables = self.classifier.trainable_variables
         self.optimizer.build(variables)
 
+        smoothing = self.label_smoothing
+
         @tf.function(reduce_retracing=True)
         def train_step(ids, labels):
+            targets = labels * (1.0 - smoothing)  # one-sided: real 1 - s, fake 0
             with tf.GradientTape() as tape:
                 out = self._outputs(ids, training=True)
                 losses = keras.losses.binary_crossentropy(
-                    labels[:, None], out[:, None], from_logits=self.from_logits
+                    targets[:, None], out[:, None], from_logits=self.from_logits
                 )
                 loss = tf.reduce_mean(losses)
+                if self.classifier.losses:  # kernel_regularizer etc. of the classifier
+                    loss += tf.add_n([tf.cast(x, tf.float32) for x in self.classifier.losses])
             self.optimizer.apply(tape.gradient(loss, variables), variables)
             threshold = 0.0 if self.from_logits else 0.5
             correct = tf.cast(tf.equal(tf.cast(out > threshold, tf.float32), labels), tf.float32)
@@ -163,8 +181,9 @@ class DiscriminatorReward(Reward):
     def fit_discriminator(self, real_ids, fake_ids, epochs=1, batch_size=64, seed=0, verbose=0):
         """(Re)trains the classifier: real rows labelled 1, fake rows 0.
 
-        Binary cross-entropy, Adam (`learning_rate`, one optimizer kept
-        across calls), mini-batches of the shuffled union. The seed fixes
+        Binary cross-entropy (real targets `1 - label_smoothing`) plus the
+        classifier's regularisation losses, Adam (`learning_rate`, one
+        optimizer kept across calls), mini-batches of the shuffled union. The seed fixes
         the shuffling; a classifier with dropout also draws from Keras's
         global seed (`keras.utils.set_random_seed`).
 
@@ -178,8 +197,9 @@ class DiscriminatorReward(Reward):
                 Defaults to `0`.
 
         Returns:
-            dict: `"loss"` (mean binary cross-entropy) and `"accuracy"`
-            (threshold 0.5), one float per epoch, measured during training.
+            dict: `"loss"` (mean binary cross-entropy, without the
+            regularisation losses) and `"accuracy"` (threshold 0.5 against
+            the hard labels), one float per epoch, measured during training.
         """
         real = _check_ids(real_ids, "real_ids")
         fake = _check_ids(fake_ids, "fake_ids")
