@@ -79,6 +79,8 @@ authors' generator fed the embedding of token 0: the same model class.
     python benchmarks/seqgan_oracle.py --quick --seed 0    # < 5 minutes, smaller
     python benchmarks/seqgan_oracle.py --seed 0 --mle-cache runs/seqgan_mle \
         --methods reinforce_discriminator_seqgan_batch_mean   # one method, MLE reused
+    python benchmarks/seqgan_oracle.py --seed 2 --mle-cache runs/seqgan_mle \
+        --methods reinforce_discriminator_seqgan --set disc_lr=1e-4   # any protocol setting
 
 The full protocol with the first four methods took 44 minutes on the 2-core
 development VM with two seeds running side by side (MLE 22 of them); the
