@@ -499,6 +499,7 @@ FULL = {
     "disc_l2": 0.0,  # L2 on the discriminator's embedding and kernels (SeqGAN: 0.2 on its output layer)
     "disc_label_smoothing": 0.0,  # one-sided: real rows trained toward 1 - this
     "seqgan_kl_coef": 0.0,  # reinforce_discriminator_seqgan*: KL to the MLE generator (0: SeqGAN's update)
+    "mle_steps_per_round": 0,  # teacher forcing: MLE updates on real data after each round's generator steps
     "disc_pretrain_epochs": 2,  # on num_train real vs as many MLE samples
     "disc_samples": 2_000,  # real and as many fresh fake a round
     "disc_epochs": 1,
@@ -650,6 +651,13 @@ def lag_update(lagged, policy, rate):
     lagged.set_weights([rate * a + (1.0 - rate) * b for a, b in zip(lagged.get_weights(), policy.get_weights())])
 
 
+def teacher_forcing_trainer(policy, config):
+    """An `MLETrainer` on `policy` (Adam at the MLE rate, clipped), for MLE steps between reward updates."""
+    trainer = MLETrainer(policy, prompt_length=PROMPT_LENGTH)
+    trainer.compile(optimizer=keras.optimizers.Adam(config["mle_lr"], global_clipnorm=config["clip_norm"]))
+    return trainer
+
+
 def build_trainer(method, policy, oracle, config, seed, discriminator_weights):
     """The keras-selffb trainer of a method and its reward (None for the oracle)."""
     common = {"prompt_length": PROMPT_LENGTH, "max_new_tokens": LENGTH,
@@ -707,12 +715,19 @@ def self_feedback(method, mle_policy, mle_point, oracle, train_ids, test_ids, co
     start = time.perf_counter()
     eval_seconds = 0.0
     step_rows = config["prompts_per_step"] * config["generator_steps"]
+    teacher = teacher_forcing_trainer(policy, config) if config["mle_steps_per_round"] > 0 else None
     bar = _progress(range(1, config["rounds"] + 1), desc=method, unit="round")
     for r in bar:
         # Generator steps; the packed rows' references (real data) are what
         # the contrastive MLE term fits; REINFORCE reads only the prompt.
         rows = packed_rows(train_ids[rng.choice(len(train_ids), step_rows, replace=False)])
         history = trainer.fit(rows, batch_size=config["prompts_per_step"], epochs=1, shuffle=False, verbose=0)
+        if teacher is not None:
+            # Teacher forcing (Li et al. 2017): MLE on real sequences between
+            # the reward's updates, so the generator keeps covering the data.
+            n_real = config["mle_steps_per_round"] * config["batch_size"]
+            real = train_ids[rng.choice(len(train_ids), n_real, replace=n_real > len(train_ids))]
+            teacher.fit(packed_rows(real), batch_size=config["batch_size"], epochs=1, shuffle=False, verbose=0)
         rollout_policy = getattr(getattr(trainer, "reward", None), "policy", None)
         if rollout_policy is not None and rollout_policy is not policy:
             lag_update(rollout_policy, policy, config["rollout_update_rate"])
