@@ -500,6 +500,7 @@ FULL = {
     "disc_label_smoothing": 0.0,  # one-sided: real rows trained toward 1 - this
     "seqgan_kl_coef": 0.0,  # reinforce_discriminator_seqgan*: KL to the MLE generator (0: SeqGAN's update)
     "mle_steps_per_round": 0,  # teacher forcing: MLE updates on real data after each round's generator steps
+    "teacher_lr": 0.01,  # Adam rate of those MLE updates (the MLE stage's 0.01)
     "disc_pretrain_epochs": 2,  # on num_train real vs as many MLE samples
     "disc_samples": 2_000,  # real and as many fresh fake a round
     "disc_epochs": 1,
@@ -652,9 +653,9 @@ def lag_update(lagged, policy, rate):
 
 
 def teacher_forcing_trainer(policy, config):
-    """An `MLETrainer` on `policy` (Adam at the MLE rate, clipped), for MLE steps between reward updates."""
+    """An `MLETrainer` on `policy` (Adam at `teacher_lr`, clipped), for MLE steps between reward updates."""
     trainer = MLETrainer(policy, prompt_length=PROMPT_LENGTH)
-    trainer.compile(optimizer=keras.optimizers.Adam(config["mle_lr"], global_clipnorm=config["clip_norm"]))
+    trainer.compile(optimizer=keras.optimizers.Adam(config["teacher_lr"], global_clipnorm=config["clip_norm"]))
     return trainer
 
 
