@@ -81,6 +81,13 @@ authors' generator fed the embedding of token 0: the same model class.
         --methods reinforce_discriminator_seqgan_batch_mean   # one method, MLE reused
     python benchmarks/seqgan_oracle.py --seed 2 --mle-cache runs/seqgan_mle \
         --methods reinforce_discriminator_seqgan --set disc_lr=1e-4   # any protocol setting
+    python benchmarks/seqgan_oracle.py --seed 0 --mle-cache runs/seqgan_mle \
+        --methods reinforce_discriminator_seqgan --rounds 20 \
+        --set mle_steps_per_round=1 --set disc_lr=1e-4   # our closest to SeqGAN's 8.736
+
+`--set mle_steps_per_round=N` adds N teacher-forcing steps after each
+round: MLE on 64 real sequences each, Adam at `teacher_lr` (Li et al.
+2017, "Adversarial Learning for Neural Dialogue Generation").
 
 The full protocol with the first four methods took 44 minutes on the 2-core
 development VM with two seeds running side by side (MLE 22 of them); the
