@@ -97,6 +97,9 @@ methods; `reinforce_discriminator_seqgan_batch_mean` (run only when named)
 is the control of the SeqGAN-faithful method: the same update with every
 sample rewarded by the batch's mean discriminator probability
 (`BatchMeanReward`), so the reward's scale stays and its ranking goes.
+`reinforce_discriminator_maligan` (also only when named) trains on MaliGAN's
+normalised importance weights D / (1 - D), centred on the batch
+(`MaliGANReward`).
 
 Writes `benchmarks/results/seqgan_oracle.json` (`--quick`:
 `seqgan_oracle_quick.json`; `--output`) and a PNG (`--plot`), and prints a
@@ -479,6 +482,32 @@ class BatchMeanReward(Reward):
         return tf.stop_gradient(tf.broadcast_to(tf.reduce_mean(values), tf.shape(values)))
 
 
+class MaliGANReward(Reward):
+    """MaliGAN's normalised importance weights from a discriminator's P(real), centred on the batch.
+
+    Che et al. 2017 ("Maximum-Likelihood Augmented Discrete Generative
+    Adversarial Networks"): with D the probability that a sample is real,
+    r = D / (1 - D) estimates p_data / p_generator for that sample. Each
+    sample of the batch gets `r / mean(r) - 1`: its weight normalised
+    over the batch, minus the uniform weight, as MaliGAN's baseline.
+    The values sum to 0, so unlike SeqGAN's update (probabilities >= 0,
+    no baseline) it does not push up every sample the policy draws.
+    `D` is clipped to [`epsilon`, 1 - `epsilon`].
+    """
+
+    default_name = "maligan"
+
+    def __init__(self, reward, epsilon=1e-6, name=None):
+        super().__init__(name=name)
+        self.reward = reward
+        self.epsilon = float(epsilon)
+
+    def call(self, prompts, candidates, references):
+        p_real = tf.clip_by_value(self.reward(prompts, candidates, references), self.epsilon, 1.0 - self.epsilon)
+        ratio = p_real / (1.0 - p_real)
+        return tf.stop_gradient(ratio / tf.reduce_mean(ratio) - 1.0)
+
+
 # -- the protocol ---------------------------------------------------------------
 
 FULL = {
@@ -531,9 +560,11 @@ QUICK = {
 METHODS = ("reinforce_discriminator", "reinforce_discriminator_seqgan", "reinforce_discriminator_rollout",
            "reinforce_oracle", "contrastive_discriminator")
 # Run only when asked (--methods): SeqGAN's update with the discriminator's
-# rewards replaced by their batch mean (`BatchMeanReward`), and the roll-out
-# method with the authors' slowly updated roll-out policy.
-ON_REQUEST = ("reinforce_discriminator_seqgan_batch_mean", "reinforce_discriminator_rollout_lagged")
+# rewards replaced by their batch mean (`BatchMeanReward`), the roll-out
+# method with the authors' slowly updated roll-out policy, and MaliGAN's
+# normalised importance weights (`MaliGANReward`).
+ON_REQUEST = ("reinforce_discriminator_seqgan_batch_mean", "reinforce_discriminator_rollout_lagged",
+              "reinforce_discriminator_maligan")
 PROMPT_LENGTH = len(PROMPT)
 
 
@@ -695,6 +726,12 @@ def build_trainer(method, policy, oracle, config, seed, discriminator_weights):
         rollout_policy = policy if method == "reinforce_discriminator_rollout" else copy_generator(policy)
         reward = RolloutReward(discriminator, rollout_policy, num_rollouts=config["rollouts"], seed=seed)
         trainer = ReinforceTrainer(policy, reward, baseline="none", scale_rewards="none", **common)
+        learning_rate = config["seqgan_lr"]
+    elif method == "reinforce_discriminator_maligan":
+        # MaliGAN's update: normalised D / (1 - D) weights minus their
+        # uniform value (`MaliGANReward`), not scaled further, at SeqGAN's rate.
+        trainer = ReinforceTrainer(policy, MaliGANReward(discriminator), baseline="none", scale_rewards="none",
+                                   **common)
         learning_rate = config["seqgan_lr"]
     elif method == "reinforce_oracle":
         trainer = ReinforceTrainer(policy, OracleReward(oracle), baseline=config["baseline"],

@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 
 from keras_selffb.models import LLMEncoder
-from keras_selffb.rewards import DiscriminatorReward
+from keras_selffb.rewards import DiscriminatorReward, Reward
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCHMARK = os.path.join(ROOT, "benchmarks", "seqgan_oracle.py")
@@ -396,3 +396,41 @@ def test_teacher_forcing_steps_fit_the_real_sequences(bench, tmp_path, monkeypat
     assert taught["config"]["mle_steps_per_round"] == 1
     assert taught["methods"][method]["nll_test"][1] != plain["methods"][method]["nll_test"][1]
     assert taught["methods"][method]["nll_test"][0] == plain["methods"][method]["nll_test"][0]
+
+
+class FixedProbabilities(Reward):
+    """P(real) fixed per candidate row, for hand-computed MaliGAN weights."""
+
+    def __init__(self, values):
+        super().__init__()
+        self.values = tf.constant(values, tf.float32)
+
+    def call(self, prompts, candidates, references):
+        return self.values
+
+
+def test_maligan_weights_match_hand_computed_values(bench):
+    # D = 0.5, 0.8, 0.2, 0.5 -> D / (1 - D) = 1, 4, 0.25, 1 (mean 1.5625);
+    # each weight is r / mean(r) - 1.
+    reward = bench.MaliGANReward(FixedProbabilities([0.5, 0.8, 0.2, 0.5]))
+    ids = np.zeros((4, 3), np.int32)
+    expected = np.array([1.0, 4.0, 0.25, 1.0]) / 1.5625 - 1.0
+    np.testing.assert_allclose(reward(None, ids, None).numpy(), expected, rtol=1e-5)
+    assert abs(float(np.sum(reward(None, ids, None).numpy()))) < 1e-5  # centred: no push on every sample
+    # Certain rows are clipped, not infinite; the graph gives the same values.
+    clipped = bench.MaliGANReward(FixedProbabilities([1.0, 0.0, 0.5, 0.5]), epsilon=1e-3)
+    graph = tf.function(lambda c: clipped(None, c, None))
+    values = graph(tf.constant(ids)).numpy()
+    ratios = np.array([0.999 / 0.001, 0.001 / 0.999, 1.0, 1.0])
+    np.testing.assert_allclose(values, ratios / ratios.mean() - 1.0, rtol=1e-4)
+
+
+def test_maligan_method_runs_on_request(bench, tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "QUICK", tiny_config(bench, 1.0))
+    method = "reinforce_discriminator_maligan"
+    assert method in bench.ON_REQUEST and method not in bench.METHODS
+    results = bench.main(["--quick", "--seed", "3", "--no-xla", "--methods", method,
+                          "--output", str(tmp_path / "maligan.json")])
+    curve = results["methods"][method]
+    assert curve["round"] == [0, 1] and np.isfinite(curve["nll_oracle"]).all()
+    assert curve["reward"][1] == pytest.approx(0.0, abs=1e-5)  # the centred weights average to 0
