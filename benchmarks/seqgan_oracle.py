@@ -580,6 +580,16 @@ def _say(text):
     tqdm.write(text)
 
 
+def mle_trainer(policy, learning_rate, clip_norm, jit_compile="auto"):
+    """An `MLETrainer` on `policy`, Adam at `learning_rate` with the global norm clipped at `clip_norm`.
+
+    The MLE stage and the teacher-forcing steps between reward updates.
+    """
+    trainer = MLETrainer(policy, prompt_length=PROMPT_LENGTH)
+    trainer.compile(optimizer=keras.optimizers.Adam(learning_rate, global_clipnorm=clip_norm), jit_compile=jit_compile)
+    return trainer
+
+
 def train_mle(oracle, train_ids, test_ids, config, seed, xla=True, log=_say):
     """Published MLE pre-training with `MLETrainer`; returns (policy, curve dict)."""
     keras.utils.set_random_seed(seed)
@@ -588,9 +598,7 @@ def train_mle(oracle, train_ids, test_ids, config, seed, xla=True, log=_say):
         seqgan_initialize(policy, seed)
     elif config["init"] != "keras":
         raise ValueError(f"init must be 'seqgan' or 'keras', got {config['init']!r}")
-    trainer = MLETrainer(policy, prompt_length=PROMPT_LENGTH)
-    trainer.compile(optimizer=keras.optimizers.Adam(config["mle_lr"], global_clipnorm=config["clip_norm"]),
-                    jit_compile=xla)
+    trainer = mle_trainer(policy, config["mle_lr"], config["clip_norm"], jit_compile=xla)
     rows = packed_rows(train_ids)
     curve = {"epoch": [], "nll_oracle": [], "nll_test": [], "train_loss": [], "seconds": []}
     start = time.perf_counter()
@@ -690,13 +698,6 @@ def lag_update(lagged, policy, rate):
     lagged.set_weights([rate * a + (1.0 - rate) * b for a, b in zip(lagged.get_weights(), policy.get_weights())])
 
 
-def teacher_forcing_trainer(policy, config):
-    """An `MLETrainer` on `policy` (Adam at `teacher_lr`, clipped), for MLE steps between reward updates."""
-    trainer = MLETrainer(policy, prompt_length=PROMPT_LENGTH)
-    trainer.compile(optimizer=keras.optimizers.Adam(config["teacher_lr"], global_clipnorm=config["clip_norm"]))
-    return trainer
-
-
 def build_trainer(method, policy, oracle, config, seed, discriminator_weights):
     """The keras-selffb trainer of a method and its reward (None for the oracle)."""
     common = {"prompt_length": PROMPT_LENGTH, "max_new_tokens": LENGTH,
@@ -760,7 +761,9 @@ def self_feedback(method, mle_policy, mle_point, oracle, train_ids, test_ids, co
     start = time.perf_counter()
     eval_seconds = 0.0
     step_rows = config["prompts_per_step"] * config["generator_steps"]
-    teacher = teacher_forcing_trainer(policy, config) if config["mle_steps_per_round"] > 0 else None
+    teacher = None
+    if config["mle_steps_per_round"] > 0:
+        teacher = mle_trainer(policy, config["teacher_lr"], config["clip_norm"])
     bar = _progress(range(1, config["rounds"] + 1), desc=method, unit="round")
     for r in bar:
         # Generator steps; the packed rows' references (real data) are what

@@ -380,7 +380,7 @@ def test_teacher_forcing_steps_fit_the_real_sequences(bench, tmp_path, monkeypat
     policy = bench.OracleGenerator(vocab_size=bench.VOCAB)
     real = np.random.default_rng(0).integers(0, 40, (64, bench.LENGTH))  # 40 of the 5,000 ids
     before = bench.generator_nll(policy, real)
-    teacher = bench.teacher_forcing_trainer(policy, bench.FULL)
+    teacher = bench.mle_trainer(policy, bench.FULL["teacher_lr"], bench.FULL["clip_norm"])
     for _ in range(20):
         teacher.fit(bench.packed_rows(real), batch_size=64, epochs=1, shuffle=False, verbose=0)
     after = bench.generator_nll(policy, real)
