@@ -99,7 +99,11 @@ sample rewarded by the batch's mean discriminator probability
 (`BatchMeanReward`), so the reward's scale stays and its ranking goes.
 `reinforce_discriminator_maligan` (also only when named) trains on MaliGAN's
 normalised importance weights D / (1 - D), centred on the batch
-(`MaliGANReward`).
+(`MaliGANReward`). `filtered_discriminator` (only when named) is the
+article's filtered self-training (`SelfFeedbackLoop`'s "filtered" method;
+ReST, RAFT): each generator step samples `filter_samples` (256) sequences,
+keeps the discriminator's best `filter_keep` (64) and takes one MLE step on
+them at `filter_lr` (0.01), uniformly weighted (`filter_weighting`).
 
 Writes `benchmarks/results/seqgan_oracle.json` (`--quick`:
 `seqgan_oracle_quick.json`; `--output`) and a PNG (`--plot`), and prints a
@@ -131,10 +135,11 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from keras_selffb.loop import filter_candidates  # noqa: E402
 from keras_selffb.models import PolicyNetwork  # noqa: E402
 from keras_selffb.rewards import DiscriminatorReward, Reward, RolloutReward  # noqa: E402
 from keras_selffb.text.tokenizer import BOS_ID, NUM_RESERVED, PAD_ID  # noqa: E402
-from keras_selffb.training import ContrastiveTrainer, MLETrainer, ReinforceTrainer  # noqa: E402
+from keras_selffb.training import ContrastiveTrainer, MLETrainer, ReinforceTrainer, weighted_rows  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ORACLE_PATH = os.path.join(HERE, "data", "seqgan_oracle.npz")
@@ -160,7 +165,7 @@ PUBLISHED = {
 TEMPERATURES = (0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3)
 # Random streams of one seed: the oracle's training and test sets, the
 # generator's evaluation samples, its samples for the discriminator.
-TRAIN_STREAM, TEST_STREAM, EVAL_STREAM, FAKE_STREAM, HELDOUT_STREAM = 0, 1, 2, 3, 4
+TRAIN_STREAM, TEST_STREAM, EVAL_STREAM, FAKE_STREAM, HELDOUT_STREAM, FILTER_STREAM = 0, 1, 2, 3, 4, 5
 
 
 # -- the oracle ---------------------------------------------------------------
@@ -537,6 +542,10 @@ FULL = {
     "seqgan_kl_coef": 0.0,  # reinforce_discriminator_seqgan*: KL to the MLE generator (0: SeqGAN's update)
     "mle_steps_per_round": 0,  # teacher forcing: MLE updates on real data after each round's generator steps
     "teacher_lr": 0.01,  # Adam rate of those MLE updates (the MLE stage's 0.01)
+    "filter_samples": 256,  # filtered_discriminator: candidates sampled and scored a generator step
+    "filter_keep": 64,  # ... the best this many by the discriminator are kept (SeqGAN's batch of 64)
+    "filter_weighting": "uniform",  # ... "uniform" or "reward" (weights D / mean D over the kept)
+    "filter_lr": 0.01,  # ... Adam rate of the fine-tuning step on the kept (the MLE stage's 0.01)
     "disc_pretrain_epochs": 2,  # on num_train real vs as many MLE samples
     "disc_samples": 2_000,  # real and as many fresh fake a round
     "disc_epochs": 1,
@@ -562,9 +571,10 @@ METHODS = ("reinforce_discriminator", "reinforce_discriminator_seqgan", "reinfor
 # Run only when asked (--methods): SeqGAN's update with the discriminator's
 # rewards replaced by their batch mean (`BatchMeanReward`), the roll-out
 # method with the authors' slowly updated roll-out policy, and MaliGAN's
-# normalised importance weights (`MaliGANReward`).
+# normalised importance weights (`MaliGANReward`), and the article's filtered
+# self-training ranked by the discriminator (`filtered_step`).
 ON_REQUEST = ("reinforce_discriminator_seqgan_batch_mean", "reinforce_discriminator_rollout_lagged",
-              "reinforce_discriminator_maligan")
+              "reinforce_discriminator_maligan", "filtered_discriminator")
 PROMPT_LENGTH = len(PROMPT)
 
 
@@ -734,6 +744,16 @@ def build_trainer(method, policy, oracle, config, seed, discriminator_weights):
         trainer = ReinforceTrainer(policy, MaliGANReward(discriminator), baseline="none", scale_rewards="none",
                                    **common)
         learning_rate = config["seqgan_lr"]
+    elif method == "filtered_discriminator":
+        if config["filter_weighting"] not in ("uniform", "reward"):
+            raise ValueError(f"filter_weighting must be 'uniform' or 'reward', got {config['filter_weighting']!r}")
+        if not 0 < config["filter_keep"] <= config["filter_samples"]:
+            raise ValueError(f"filter_keep must be in 1..filter_samples ({config['filter_samples']}), "
+                             f"got {config['filter_keep']}")
+        # The article's filtered self-training (ReST / RAFT; `SelfFeedbackLoop`'s
+        # "filtered" method): sample, keep the discriminator's best, fine-tune
+        # on them by MLE (`filtered_step`).
+        return mle_trainer(policy, config["filter_lr"], config["clip_norm"]), discriminator
     elif method == "reinforce_oracle":
         trainer = ReinforceTrainer(policy, OracleReward(oracle), baseline=config["baseline"],
                                    scale_rewards="batch", **common)
@@ -744,6 +764,33 @@ def build_trainer(method, policy, oracle, config, seed, discriminator_weights):
         raise ValueError(f"Unknown method {method!r}; choose from {METHODS + ON_REQUEST}.")
     trainer.compile(optimizer=keras.optimizers.Adam(learning_rate, global_clipnorm=config["clip_norm"]))
     return trainer, discriminator
+
+
+def filtered_step(trainer, discriminator, policy, config, seed):
+    """One step of filtered self-training ranked by the discriminator; (mean P(real), kept mean).
+
+    `filter_samples` fresh samples of the policy are scored by the
+    discriminator; the best `filter_keep` (those at or above the
+    `filter_keep`-th highest score, `keras_selffb.loop.filter_candidates`)
+    are kept and `trainer` (an `MLETrainer` on the policy) takes one step on
+    them, uniformly or weighted by score (`filter_weighting`). The threshold
+    is set afresh every step: the discriminator is retrained every round, so
+    its scores from one round to the next are not on one scale (the loop's
+    rising threshold assumes a fixed reward).
+    """
+    samples = generator_sample(policy, config["filter_samples"], seed=seed, stream=FILTER_STREAM)
+    scores = np.asarray(discriminator(None, to_policy_ids(samples), None)).reshape(-1)
+    if not 0 < config["filter_keep"] <= len(scores):
+        raise ValueError(f"filter_keep must be in 1..filter_samples ({len(scores)}), got {config['filter_keep']}")
+    threshold = float(np.sort(scores)[-config["filter_keep"]])
+    kept, weights = filter_candidates(scores, threshold, config["filter_weighting"])
+    if kept.size == 0:  # "reward" weighting and every kept score 0: nothing to learn from
+        return float(scores.mean()), 0.0
+    rows = packed_rows(samples[kept])
+    if config["filter_weighting"] == "reward":
+        rows = weighted_rows(rows, weights)
+    trainer.fit(rows, batch_size=len(kept), epochs=1, shuffle=False, verbose=0)
+    return float(scores.mean()), float(scores[kept].mean())
 
 
 def self_feedback(method, mle_policy, mle_point, oracle, train_ids, test_ids, config, seed,
@@ -768,8 +815,15 @@ def self_feedback(method, mle_policy, mle_point, oracle, train_ids, test_ids, co
     for r in bar:
         # Generator steps; the packed rows' references (real data) are what
         # the contrastive MLE term fits; REINFORCE reads only the prompt.
-        rows = packed_rows(train_ids[rng.choice(len(train_ids), step_rows, replace=False)])
-        history = trainer.fit(rows, batch_size=config["prompts_per_step"], epochs=1, shuffle=False, verbose=0)
+        if method == "filtered_discriminator":
+            scored = [filtered_step(trainer, discriminator, policy, config, (seed * 1000 + r) * 100 + step)
+                      for step in range(config["generator_steps"])]
+            history = keras.callbacks.History()
+            history.history = {"reward": [scored[-1][0]]}
+        else:
+            rows = packed_rows(train_ids[rng.choice(len(train_ids), step_rows, replace=False)])
+            history = trainer.fit(rows, batch_size=config["prompts_per_step"], epochs=1, shuffle=False,
+                                  verbose=0)
         if teacher is not None:
             # Teacher forcing (Li et al. 2017): MLE on real sequences between
             # the reward's updates, so the generator keeps covering the data.

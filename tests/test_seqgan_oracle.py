@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from keras_selffb.models import LLMEncoder
 from keras_selffb.rewards import DiscriminatorReward, Reward
+from keras_selffb.text.tokenizer import NUM_RESERVED
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCHMARK = os.path.join(ROOT, "benchmarks", "seqgan_oracle.py")
@@ -434,3 +435,80 @@ def test_maligan_method_runs_on_request(bench, tmp_path, monkeypatch):
     curve = results["methods"][method]
     assert curve["round"] == [0, 1] and np.isfinite(curve["nll_oracle"]).all()
     assert curve["reward"][1] == pytest.approx(0.0, abs=1e-5)  # the centred weights average to 0
+
+
+class LowIdShare(Reward):
+    """P(real) := the share of a candidate's tokens among the oracle's ids 0..2499 (a known ranking)."""
+
+    def call(self, prompts, candidates, references):
+        low = tf.cast(tf.convert_to_tensor(candidates) - NUM_RESERVED < 2500, tf.float32)
+        return tf.reduce_mean(low, axis=-1)
+
+
+class FitSpy:
+    """Stands in for the MLE trainer: records what `filtered_step` trains on."""
+
+    def __init__(self):
+        self.calls = []
+
+    def fit(self, rows, batch_size, epochs, shuffle, verbose):
+        self.calls.append((np.array(rows), batch_size))
+
+
+def test_filtered_step_keeps_the_discriminators_best(bench):
+    keras.utils.set_random_seed(0)
+    policy = bench.OracleGenerator(vocab_size=bench.VOCAB)
+    config = {**bench.FULL, "filter_samples": 40, "filter_keep": 10}
+    spy = FitSpy()
+    mean_score, kept_score = bench.filtered_step(spy, LowIdShare(), policy, config, seed=7)
+    # The same (seed, stream) gives the same samples: rank them with numpy.
+    samples = bench.generator_sample(policy, 40, seed=7, stream=bench.FILTER_STREAM)
+    scores = (samples < 2500).mean(axis=1)
+    best = np.argsort(-scores, kind="stable")[:10]
+    (rows, batch_size), = spy.calls
+    threshold = np.sort(scores)[-10]
+    expected = samples[scores >= threshold]  # ties at the threshold are kept too
+    assert batch_size == len(expected) >= 10
+    np.testing.assert_array_equal(rows, bench.packed_rows(expected))
+    assert mean_score == pytest.approx(scores.mean(), abs=1e-6)
+    assert kept_score == pytest.approx(scores[scores >= threshold].mean(), abs=1e-6)
+    assert kept_score >= scores[best].min() > mean_score - 1e-9
+    # Weighted by score: the kept rows carry D / mean(D) as a last column.
+    spy = FitSpy()
+    bench.filtered_step(spy, LowIdShare(), policy, {**config, "filter_weighting": "reward"}, seed=7)
+    (rows, _), = spy.calls
+    kept_scores = scores[scores >= threshold]
+    np.testing.assert_allclose(rows[:, -1], kept_scores / kept_scores.mean(), rtol=1e-5)
+
+
+def test_filtered_self_training_moves_the_policy_toward_what_the_evaluator_prefers(bench):
+    # Real MLE steps on the kept samples: the evaluator's mean score of the
+    # policy's samples rises (from about 0.5 for an untrained policy).
+    keras.utils.set_random_seed(1)
+    policy = bench.OracleGenerator(vocab_size=bench.VOCAB)
+    config = {**bench.FULL, "filter_samples": 128, "filter_keep": 32}
+    trainer = bench.mle_trainer(policy, 0.01, 5.0)
+    first, _ = bench.filtered_step(trainer, LowIdShare(), policy, config, seed=0)
+    for step in range(1, 30):
+        bench.filtered_step(trainer, LowIdShare(), policy, config, seed=step)
+    after = (bench.generator_sample(policy, 512, seed=99, stream=bench.EVAL_STREAM) < 2500).mean()
+    assert first == pytest.approx(0.5, abs=0.05)
+    assert after > first + 0.1
+
+
+def test_filtered_method_runs_on_request_and_checks_its_settings(bench, tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "QUICK", {**tiny_config(bench, 1.0), "filter_samples": 16, "filter_keep": 4})
+    method = "filtered_discriminator"
+    assert method in bench.ON_REQUEST and method not in bench.METHODS
+    args = ["--quick", "--seed", "3", "--no-xla", "--methods", method, "--mle-cache", str(tmp_path / "cache")]
+    uniform = bench.main(args + ["--output", str(tmp_path / "uniform.json")])
+    weighted = bench.main(args + ["--set", "filter_weighting=reward", "--output", str(tmp_path / "w.json")])
+    for results in (uniform, weighted):
+        curve = results["methods"][method]
+        assert curve["round"] == [0, 1] and np.isfinite(curve["nll_oracle"]).all()
+        assert 0.0 < curve["reward"][1] < 1.0  # the mean P(real) of the scored samples
+    assert uniform["methods"][method]["nll_test"][1] != weighted["methods"][method]["nll_test"][1]
+    with pytest.raises(ValueError, match="filter_weighting"):
+        bench.main(args + ["--set", "filter_weighting=best", "--output", str(tmp_path / "bad.json")])
+    with pytest.raises(ValueError, match="filter_keep"):
+        bench.main(args + ["--set", "filter_keep=17", "--output", str(tmp_path / "bad.json")])
