@@ -73,8 +73,10 @@ def test_oracle_log_likelihood_matches_numpy_equations(bench, oracle):
     got = oracle.log_likelihood(ids)
     assert got.shape == (8, 20)
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
-    # Chunking does not change the values.
-    np.testing.assert_allclose(oracle.log_likelihood(ids, batch_size=3), got, atol=1e-6)
+    # Chunking does not change the values beyond float32 rounding: the
+    # batch size picks the matmul kernel, which on some CPUs (AMD EPYC)
+    # changes the last bits (1.9e-6 on values near -2.3 was seen).
+    np.testing.assert_allclose(oracle.log_likelihood(ids, batch_size=3), got, atol=1e-5, rtol=0)
 
 
 def test_oracle_sampling_is_reproducible(oracle):
