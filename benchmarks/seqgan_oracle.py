@@ -164,7 +164,8 @@ PUBLISHED = {
 }
 TEMPERATURES = (0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3)
 # Random streams of one seed: the oracle's training and test sets, the
-# generator's evaluation samples, its samples for the discriminator.
+# generator's evaluation samples, its samples for the discriminator, the
+# held-out accuracy's samples, the filtered method's candidates.
 TRAIN_STREAM, TEST_STREAM, EVAL_STREAM, FAKE_STREAM, HELDOUT_STREAM, FILTER_STREAM = 0, 1, 2, 3, 4, 5
 
 
@@ -818,12 +819,11 @@ def self_feedback(method, mle_policy, mle_point, oracle, train_ids, test_ids, co
         if method == "filtered_discriminator":
             scored = [filtered_step(trainer, discriminator, policy, config, (seed * 1000 + r) * 100 + step)
                       for step in range(config["generator_steps"])]
-            history = keras.callbacks.History()
-            history.history = {"reward": [scored[-1][0]]}
+            logs = {"reward": [scored[-1][0]]}  # the last step's mean P(real) of its samples
         else:
             rows = packed_rows(train_ids[rng.choice(len(train_ids), step_rows, replace=False)])
-            history = trainer.fit(rows, batch_size=config["prompts_per_step"], epochs=1, shuffle=False,
-                                  verbose=0)
+            logs = trainer.fit(rows, batch_size=config["prompts_per_step"], epochs=1, shuffle=False,
+                               verbose=0).history
         if teacher is not None:
             # Teacher forcing (Li et al. 2017): MLE on real sequences between
             # the reward's updates, so the generator keeps covering the data.
@@ -833,7 +833,7 @@ def self_feedback(method, mle_policy, mle_point, oracle, train_ids, test_ids, co
         rollout_policy = getattr(getattr(trainer, "reward", None), "policy", None)
         if rollout_policy is not None and rollout_policy is not policy:
             lag_update(rollout_policy, policy, config["rollout_update_rate"])
-        reward = history.history.get("reward", history.history.get("score"))
+        reward = logs.get("reward", logs.get("score"))
         reward = None if reward is None else float(reward[-1])
         accuracy = None
         if discriminator is not None:
