@@ -746,11 +746,7 @@ def build_trainer(method, policy, oracle, config, seed, discriminator_weights):
                                    **common)
         learning_rate = config["seqgan_lr"]
     elif method == "filtered_discriminator":
-        if config["filter_weighting"] not in ("uniform", "reward"):
-            raise ValueError(f"filter_weighting must be 'uniform' or 'reward', got {config['filter_weighting']!r}")
-        if not 0 < config["filter_keep"] <= config["filter_samples"]:
-            raise ValueError(f"filter_keep must be in 1..filter_samples ({config['filter_samples']}), "
-                             f"got {config['filter_keep']}")
+        check_filter_settings(config)  # before any round, not at the first step
         # The article's filtered self-training (ReST / RAFT; `SelfFeedbackLoop`'s
         # "filtered" method): sample, keep the discriminator's best, fine-tune
         # on them by MLE (`filtered_step`).
@@ -767,6 +763,15 @@ def build_trainer(method, policy, oracle, config, seed, discriminator_weights):
     return trainer, discriminator
 
 
+def check_filter_settings(config):
+    """ValueError naming the problem if the filtered method's settings cannot work."""
+    if config["filter_weighting"] not in ("uniform", "reward"):
+        raise ValueError(f"filter_weighting must be 'uniform' or 'reward', got {config['filter_weighting']!r}")
+    if not 0 < config["filter_keep"] <= config["filter_samples"]:
+        raise ValueError(f"filter_keep must be in 1..filter_samples ({config['filter_samples']}), "
+                         f"got {config['filter_keep']}")
+
+
 def filtered_step(trainer, discriminator, policy, config, seed):
     """One step of filtered self-training ranked by the discriminator; (mean P(real), kept mean).
 
@@ -779,10 +784,9 @@ def filtered_step(trainer, discriminator, policy, config, seed):
     its scores from one round to the next are not on one scale (the loop's
     rising threshold assumes a fixed reward).
     """
+    check_filter_settings(config)
     samples = generator_sample(policy, config["filter_samples"], seed=seed, stream=FILTER_STREAM)
     scores = np.asarray(discriminator(None, to_policy_ids(samples), None)).reshape(-1)
-    if not 0 < config["filter_keep"] <= len(scores):
-        raise ValueError(f"filter_keep must be in 1..filter_samples ({len(scores)}), got {config['filter_keep']}")
     threshold = float(np.sort(scores)[-config["filter_keep"]])
     kept, weights = filter_candidates(scores, threshold, config["filter_weighting"])
     if kept.size == 0:  # "reward" weighting and every kept score 0: nothing to learn from
