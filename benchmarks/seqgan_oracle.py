@@ -746,7 +746,7 @@ def build_trainer(method, policy, oracle, config, seed, discriminator_weights):
                                    **common)
         learning_rate = config["seqgan_lr"]
     elif method == "filtered_discriminator":
-        check_filter_settings(config)  # before any round, not at the first step
+        check_filter_settings(config)  # before any round (run() checks before MLE too)
         # The article's filtered self-training (ReST / RAFT; `SelfFeedbackLoop`'s
         # "filtered" method): sample, keep the discriminator's best, fine-tune
         # on them by MLE (`filtered_step`).
@@ -960,6 +960,8 @@ def run(config, seed, quick, xla=True, log=_say, methods=METHODS, mle_cache=None
     unknown = [m for m in methods if m not in METHODS + ON_REQUEST]
     if unknown or not methods:
         raise ValueError(f"Unknown methods {unknown} (or none given); choose from {METHODS + ON_REQUEST}.")
+    if "filtered_discriminator" in methods:
+        check_filter_settings(config)  # before the MLE stage (20+ minutes in the full protocol), not after
     wall = time.perf_counter()
     oracle = Oracle()
     train_ids = oracle.sample(config["num_train"], seed=seed, stream=TRAIN_STREAM)

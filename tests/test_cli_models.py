@@ -1,7 +1,8 @@
 """`keras-selffb train --model gpt2|llama` (and `--lora-rank`) end to end on tiny settings.
 
-Each run goes through the whole pipeline (MLE, one self-feedback round of
-RL, the report, the plots), then `generate` and `export` on its run
+Each run (GPT-2 fully fine-tuned, Llama with LoRA rank 4) goes through the
+whole pipeline (MLE, one self-feedback round of RL, the report, the
+plots), then `generate` and `export` on its run
 directory. One fresh interpreter that imports only TensorFlow loads the
 GPT-2 and Llama exports and calls their signatures; the tests compare its
 greedy replies with what `keras-selffb generate` prints, and its scores with
@@ -34,6 +35,7 @@ TINY = {
     "feedback_keep_best": False, "feedback_min_distinct": 0.0,  # the final policy is the last round's
     "judge_epochs": 0, "reward_judge": 0.0,  # the judge is tested with the LSTM (tests/test_cli.py)
 }
+LORA_RANK = {"gpt2": 0, "llama": 4}  # `--lora-rank` of the module's two runs
 PROMPTS = ["hello 3", "你好 5", "what is your name", ""]
 SCORED = ["hi there", "你好！", "i am a bot, a bot, a bot, a bot", ""]
 
@@ -80,7 +82,8 @@ def gpt2_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def llama_run(tmp_path_factory):
-    return _trained(tmp_path_factory, "llama", "--model", "llama")
+    """Llama with LoRA rank 4 (GPT-2 is fully fine-tuned; tests/test_cli_presets.py has the opposite pair)."""
+    return _trained(tmp_path_factory, "llama", "--model", "llama", "--lora-rank", "4")
 
 
 @pytest.fixture(scope="module")
@@ -173,8 +176,11 @@ def test_transformer_run_goes_through_the_whole_pipeline(kind, gpt2_run, llama_r
         assert (run / name).exists(), name
     report = _metrics(run)
     model = report["model"]
-    assert model["kind"] == kind and model["lora_rank"] == 0
-    assert model["parameters"] == model["trainable_parameters"] > 1000
+    assert model["kind"] == kind and model["lora_rank"] == LORA_RANK[kind]
+    if LORA_RANK[kind]:
+        assert 0 < model["trainable_parameters"] < model["parameters"] / 4
+    else:
+        assert model["parameters"] == model["trainable_parameters"] > 1000
     policy, tokenizer, config = load_run(str(run))
     assert type(policy).__name__ == "CausalLMPolicy" and config.model == kind
     assert policy.count_params() == model["parameters"]
@@ -236,11 +242,10 @@ def _variables(path):
 
 
 @pytest.mark.slow
-def test_lora_run_trains_only_the_lora_weights(tmp_path):
-    run, argv = _train(tmp_path, "--model", "gpt2", "--lora-rank", "4")
-    assert main(argv) == 0
+def test_lora_run_trains_only_the_lora_weights(llama_run):
+    run = llama_run
     model = _metrics(run)["model"]
-    assert model["kind"] == "gpt2" and model["lora_rank"] == 4
+    assert model["kind"] == "llama" and model["lora_rank"] == 4
     assert 0 < model["trainable_parameters"] < model["parameters"] / 4
     mle, _ = _variables(run / "policy_mle.keras")
     final, policy = _variables(run / "policy.keras")

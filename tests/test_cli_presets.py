@@ -36,7 +36,7 @@ PROMPTS = ["hello 3", "你好 5", "café?"]
 KINDS = ["gpt2", pytest.param("llama", marks=pytest.mark.skipif(sentencepiece is None, reason="no sentencepiece"))]
 
 
-def _train(directory, kind, *flags):
+def _train(directory, kind, *flags, settings=None):
     """Writes the preset, the data and the config into `directory`, runs `train`; returns `(preset, run)`."""
     preset = directory / f"{kind}_preset"
     write_preset(kind, preset)
@@ -45,7 +45,7 @@ def _train(directory, kind, *flags):
         json.dumps({"prompt": f"{p} {i}", "response": r}, ensure_ascii=False) for i in range(12) for p, r in CLI_PAIRS
     ), encoding="utf-8")
     config = directory / "config.yaml"
-    config.write_text(yaml.safe_dump(TINY))
+    config.write_text(yaml.safe_dump({**TINY, **(settings or {})}))
     run = directory / "run"
     argv = ["train", "--config", str(config), "--data", str(data), "--output", str(run), "--seed", "3",
             "--preset", str(preset), *flags]
@@ -55,10 +55,12 @@ def _train(directory, kind, *flags):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """`{kind: (preset, run)}`: GPT-2 with LoRA rank 4, Llama fully fine-tuned."""
+    """`{kind: (preset, run)}`: GPT-2 with LoRA rank 4 and the relevance judge, Llama fully fine-tuned."""
     out = {"gpt2": _train(tmp_path_factory.mktemp("gpt2"), "gpt2", "--lora-rank", "4")}
     if sentencepiece is not None:
-        out["llama"] = _train(tmp_path_factory.mktemp("llama"), "llama")
+        # No relevance judge here: the GPT-2 run trains one on a preset's tokens already.
+        out["llama"] = _train(tmp_path_factory.mktemp("llama"), "llama", settings={"judge_epochs": 0,
+                                                                                  "reward_judge": 0.0})
     return out
 
 

@@ -28,7 +28,7 @@ def test_mirrored_cli_run_equals_default(tmp_path):
     # No dropout: the replicas would draw other masks than one device.
     config = {"embedding_dim": 16, "hidden_dim": 32, "batch_size": 8, "learning_rate": 0.01, "dropout": 0.0,
               "prompt_length": 16, "response_length": 12, "num_samples": 1, "epochs": 2,
-              "feedback_rounds": 0}
+              "feedback_rounds": 0, "judge_epochs": 0, "reward_judge": 0.0}  # the MLE stage is what is compared
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
     reports, outputs = {}, {}
     for strategy in ("default", "mirrored"):

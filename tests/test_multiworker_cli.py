@@ -2,7 +2,7 @@
 
 The whole pipeline (MLE, one self-feedback round, evaluation, report) runs
 on a two-worker `MultiWorkerMirroredStrategy` cluster given by `TF_CONFIG`,
-once with the `rl` method and once with `filtered` then `contrastive` (the
+with the `rl`, `filtered` and `contrastive` methods in its round (the
 filtered method's weighted rows travel as one float32 tensor per batch). The
 chief writes the run directory, the other worker a sibling one; both end
 with the same figures and weights.
@@ -28,8 +28,8 @@ def free_port():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("methods", ["rl", "filtered,contrastive"])
-def test_two_worker_pipeline_ends_identical_on_both_workers(tmp_path, methods):
+def test_two_worker_pipeline_ends_identical_on_both_workers(tmp_path):
+    methods = "rl,filtered,contrastive"  # one round runs all three, in this order
     lines = [json.dumps({"prompt": f"{p} {i}", "response": r}, ensure_ascii=False)
              for i in range(8) for p, r in [("hello", "hi there"), ("你好", "你好！"), ("café?", "oui, café.")]]
     (tmp_path / "pairs.jsonl").write_text("\n".join(lines), encoding="utf-8")

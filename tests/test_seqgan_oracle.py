@@ -294,27 +294,58 @@ def tiny_config(bench, temperature):
     }
 
 
-def test_benchmark_runs_end_to_end_on_tiny_sizes(bench, tmp_path, monkeypatch):
-    monkeypatch.setattr(bench, "QUICK", tiny_config(bench, 1.1))
-    output = tmp_path / "oracle.json"
-    results = bench.main(["--quick", "--seed", "1", "--no-xla", "--output", str(output)])
-    saved = json.loads(output.read_text())
-    assert saved["quick"] is True and saved["seed"] == 1
-    assert (tmp_path / "oracle.png").stat().st_size > 0
+# Every method (the default ones and those that run only on request) in one
+# tiny run of two rounds with a cached MLE generator. Each method starts from
+# the same MLE generator with its own seed (`self_feedback`), so its curve is
+# what a run of it alone gives; the tests below read these curves and compare
+# some with reruns that load the cache.
+def shared_config(bench):
+    return {**tiny_config(bench, 1.0), "rounds": 2, "filter_samples": 16, "filter_keep": 4}
+
+
+def shared_args(cache, *methods):
+    return ["--quick", "--seed", "3", "--no-xla", "--methods", ",".join(methods), "--mle-cache", str(cache)]
+
+
+@pytest.fixture(scope="module")
+def shared_run(bench, tmp_path_factory):
+    """`(results, cache)`: one tiny run of every method (MLE trained once, then cached)."""
+    root = tmp_path_factory.mktemp("shared")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(bench, "QUICK", shared_config(bench))
+        results = bench.main(shared_args(root / "cache", *bench.METHODS, *bench.ON_REQUEST) + ["--output", str(root / "all.json")])
+    return results, root / "cache"
+
+
+def test_benchmark_runs_end_to_end_on_tiny_sizes(bench, shared_run, monkeypatch):
+    results, cache = shared_run
+    saved = json.loads((cache.parent / "all.json").read_text())
+    assert saved["quick"] is True and saved["seed"] == 3
+    assert (cache.parent / "all.png").stat().st_size > 0
     assert np.isfinite(saved["mle_nll_oracle"]) and saved["mle"]["epoch"] == [0, 1]
-    assert set(saved["methods"]) == set(bench.METHODS)
-    for method in bench.METHODS:
+    assert set(saved["methods"]) == set(bench.METHODS + bench.ON_REQUEST)
+    for method in saved["methods"]:
         curve = saved["methods"][method]
-        assert curve["round"] == [0, 1] and len(curve["nll_oracle"]) == 2
+        assert curve["round"] == [0, 1, 2] and len(curve["nll_oracle"]) == 3
         assert all(np.isfinite(curve[key][-1]) for key in ("nll_oracle", "nll_test"))
         assert curve["seconds"] > 0
-    assert set(saved["temperature_curves"]) == {"MLE", *bench.METHODS}
-    assert saved["temperature_curves"]["MLE"]["temperature"] == [1.1]
+    assert set(saved["temperature_curves"]) == {"MLE", *bench.METHODS, *bench.ON_REQUEST}
+    assert saved["temperature_curves"]["MLE"]["temperature"] == [1.0]
     assert 4.0 < saved["oracle_samples_nll_oracle"] < 7.5
     assert results["mle_nll_test"] == saved["mle_nll_test"]
     text = bench.table(saved)
     assert "QUICK RUN" in text and "9.038" in text and "8.736" in text
+    # With no --methods the benchmark runs the default methods (the table's rows), and only those.
+    class Asked(Exception):
+        pass
 
+    def run(config, seed, quick, xla=True, methods=None, mle_cache=None):
+        raise Asked(methods)
+
+    monkeypatch.setattr(bench, "run", run)
+    with pytest.raises(Asked) as asked:
+        bench.main(["--quick", "--output", str(cache.parent / "unused.json")])
+    assert asked.value.args == (bench.METHODS,)
 
 def test_batch_mean_control_keeps_the_rewards_scale_and_drops_its_ranking(bench):
     classifier = small_classifier(30)
@@ -336,29 +367,40 @@ def test_benchmark_refuses_unknown_methods(bench):
         bench.run(bench.QUICK, 0, True, methods=("seqgan",))
 
 
-def test_mle_cache_reuses_the_generator_and_gives_the_same_results(bench, tmp_path, monkeypatch):
-    monkeypatch.setattr(bench, "QUICK", tiny_config(bench, 1.0))
+def test_mle_cache_reuses_the_generator_and_gives_the_same_results(bench, shared_run, monkeypatch):
+    first, cache = shared_run
+    assert (cache / "mle_seed3.weights.h5").exists() and (cache / "mle_seed3.json").exists()
+    monkeypatch.setattr(bench, "QUICK", shared_config(bench))
     trained = []
     real_train_mle = bench.train_mle
     monkeypatch.setattr(bench, "train_mle", lambda *a, **k: trained.append(1) or real_train_mle(*a, **k))
-    cache = tmp_path / "cache"
-    args = ["--quick", "--seed", "3", "--no-xla", "--methods", "reinforce_discriminator_seqgan_batch_mean",
-            "--mle-cache", str(cache)]
-    first = bench.main(args + ["--output", str(tmp_path / "a.json")])
-    assert len(trained) == 1 and (cache / "mle_seed3.weights.h5").exists()
-    second = bench.main(args + ["--output", str(tmp_path / "b.json")])
-    assert len(trained) == 1  # loaded, not trained again
-    assert second["mle"] == first["mle"]
     method = "reinforce_discriminator_seqgan_batch_mean"
+    second = bench.main(shared_args(cache, method) + ["--output", str(cache.parent / "b.json")])
+    assert not trained  # loaded, not trained again
+    assert second["mle"] == first["mle"]
     for key in ("nll_oracle", "nll_test", "reward"):
         np.testing.assert_allclose(second["methods"][method][key][1:], first["methods"][method][key][1:], rtol=1e-5)
     assert second["temperature_curves"]["MLE"] == first["temperature_curves"]["MLE"]
+
     # Other MLE settings: the cache is not used, the generator is trained again.
-    bench.main(args + ["--mle-epochs", "2", "--output", str(tmp_path / "c.json")])
-    assert len(trained) == 2
+    class Retrained(Exception):
+        pass
+
+    def retrain(*args, **kwargs):
+        raise Retrained
+
+    monkeypatch.setattr(bench, "train_mle", retrain)
+    config, quick, xla = shared_config(bench), True, False
+    policy, curve = bench.cached_mle(str(cache), None, None, None, config, 3, quick, xla=xla, log=lambda _: None)
+    assert curve == first["mle"] and policy.count_params() > 0
+    for changed in ({**config, "mle_epochs": 2}, {**config, "mle_lr": 0.001}):
+        with pytest.raises(Retrained):
+            bench.cached_mle(str(cache), None, None, None, changed, 3, quick, xla=xla, log=lambda _: None)
+    with pytest.raises(Retrained):  # another seed has its own cache file
+        bench.cached_mle(str(cache), None, None, None, config, 4, quick, xla=xla, log=lambda _: None)
 
 
-def test_lagged_rollout_policy_follows_the_generator_at_the_rate(bench, tmp_path, monkeypatch):
+def test_lagged_rollout_policy_follows_the_generator_at_the_rate(bench, shared_run):
     lagged = bench.OracleGenerator(vocab_size=12, embedding_dim=4, hidden_dim=4)
     policy = bench.OracleGenerator(vocab_size=12, embedding_dim=4, hidden_dim=4)
     ids = np.zeros((1, 3), np.int32)
@@ -367,16 +409,12 @@ def test_lagged_rollout_policy_follows_the_generator_at_the_rate(bench, tmp_path
     bench.lag_update(lagged, policy, 0.8)
     for old, new, target in zip(before, lagged.get_weights(), policy.get_weights()):
         np.testing.assert_allclose(new, 0.8 * old + 0.2 * target, rtol=1e-6, atol=1e-7)
-    # The method runs end to end and rolls out with its own copy, two rounds on tiny sizes.
-    monkeypatch.setattr(bench, "QUICK", {**tiny_config(bench, 1.0), "rounds": 2})
-    method = "reinforce_discriminator_rollout_lagged"
-    results = bench.main(["--quick", "--seed", "2", "--no-xla", "--methods", method,
-                          "--output", str(tmp_path / "lagged.json")])
-    curve = results["methods"][method]
+    # The method ran end to end in the shared run, rolling out with its own copy for two rounds.
+    curve = shared_run[0]["methods"]["reinforce_discriminator_rollout_lagged"]
     assert curve["round"] == [0, 1, 2] and np.isfinite(curve["nll_oracle"]).all()
 
 
-def test_teacher_forcing_steps_fit_the_real_sequences(bench, tmp_path, monkeypatch):
+def test_teacher_forcing_steps_fit_the_real_sequences(bench, shared_run, monkeypatch):
     # The MLE trainer of the teacher-forcing steps updates the policy itself
     # (not a copy) toward the real rows: their NLL under the policy falls.
     keras.utils.set_random_seed(0)
@@ -390,13 +428,14 @@ def test_teacher_forcing_steps_fit_the_real_sequences(bench, tmp_path, monkeypat
     assert before == pytest.approx(np.log(bench.VOCAB), abs=0.05)  # an untrained policy: near uniform
     assert after < before - 1.0
     assert bench.FULL["mle_steps_per_round"] == 0  # SeqGAN's protocol has none
-    # A round with a teacher-forcing step runs end to end and changes the result.
-    monkeypatch.setattr(bench, "QUICK", {**tiny_config(bench, 1.0), "batch_size": 16})
+    # A round with a teacher-forcing step runs end to end and changes the result
+    # of the shared run's plain SeqGAN update (same seed, same cached MLE generator).
+    plain, cache = shared_run
+    monkeypatch.setattr(bench, "QUICK", shared_config(bench))
     method = "reinforce_discriminator_seqgan"
-    args = ["--quick", "--seed", "4", "--no-xla", "--methods", method, "--mle-cache", str(tmp_path / "cache")]
-    plain = bench.main(args + ["--output", str(tmp_path / "plain.json")])
-    taught = bench.main(args + ["--set", "mle_steps_per_round=1", "--output", str(tmp_path / "tf.json")])
-    assert taught["config"]["mle_steps_per_round"] == 1
+    taught = bench.main(shared_args(cache, method) + ["--set", "mle_steps_per_round=1",
+                                                      "--output", str(cache.parent / "tf.json")])
+    assert taught["config"]["mle_steps_per_round"] == 1 and plain["config"]["mle_steps_per_round"] == 0
     assert taught["methods"][method]["nll_test"][1] != plain["methods"][method]["nll_test"][1]
     assert taught["methods"][method]["nll_test"][0] == plain["methods"][method]["nll_test"][0]
 
@@ -428,15 +467,12 @@ def test_maligan_weights_match_hand_computed_values(bench):
     np.testing.assert_allclose(values, ratios / ratios.mean() - 1.0, rtol=1e-4)
 
 
-def test_maligan_method_runs_on_request(bench, tmp_path, monkeypatch):
-    monkeypatch.setattr(bench, "QUICK", tiny_config(bench, 1.0))
+def test_maligan_method_runs_on_request(bench, shared_run):
     method = "reinforce_discriminator_maligan"
     assert method in bench.ON_REQUEST and method not in bench.METHODS
-    results = bench.main(["--quick", "--seed", "3", "--no-xla", "--methods", method,
-                          "--output", str(tmp_path / "maligan.json")])
-    curve = results["methods"][method]
-    assert curve["round"] == [0, 1] and np.isfinite(curve["nll_oracle"]).all()
-    assert curve["reward"][1] == pytest.approx(0.0, abs=1e-5)  # the centred weights average to 0
+    curve = shared_run[0]["methods"][method]
+    assert curve["round"] == [0, 1, 2] and np.isfinite(curve["nll_oracle"]).all()
+    np.testing.assert_allclose(curve["reward"][1:], 0.0, atol=1e-5)  # the centred weights average to 0
 
 
 class LowIdShare(Reward):
@@ -498,19 +534,21 @@ def test_filtered_self_training_moves_the_policy_toward_what_the_evaluator_prefe
     assert after > first + 0.1
 
 
-def test_filtered_method_runs_on_request_and_checks_its_settings(bench, tmp_path, monkeypatch):
-    monkeypatch.setattr(bench, "QUICK", {**tiny_config(bench, 1.0), "filter_samples": 16, "filter_keep": 4})
+def test_filtered_method_runs_on_request_and_checks_its_settings(bench, shared_run, monkeypatch):
     method = "filtered_discriminator"
     assert method in bench.ON_REQUEST and method not in bench.METHODS
-    args = ["--quick", "--seed", "3", "--no-xla", "--methods", method, "--mle-cache", str(tmp_path / "cache")]
-    uniform = bench.main(args + ["--output", str(tmp_path / "uniform.json")])
-    weighted = bench.main(args + ["--set", "filter_weighting=reward", "--output", str(tmp_path / "w.json")])
+    uniform, cache = shared_run
+    monkeypatch.setattr(bench, "QUICK", shared_config(bench))
+    args = shared_args(cache, method)
+    weighted = bench.main(args + ["--set", "filter_weighting=reward", "--output", str(cache.parent / "w.json")])
     for results in (uniform, weighted):
         curve = results["methods"][method]
-        assert curve["round"] == [0, 1] and np.isfinite(curve["nll_oracle"]).all()
-        assert 0.0 < curve["reward"][1] < 1.0  # the mean P(real) of the scored samples
+        assert curve["round"] == [0, 1, 2] and np.isfinite(curve["nll_oracle"]).all()
+        assert all(0.0 < r < 1.0 for r in curve["reward"][1:])  # the mean P(real) of the scored samples
     assert uniform["methods"][method]["nll_test"][1] != weighted["methods"][method]["nll_test"][1]
+    # Bad settings are refused before the MLE stage: no generator is trained or loaded.
+    monkeypatch.setattr(bench, "cached_mle", lambda *a, **k: pytest.fail("MLE before the settings check"))
     with pytest.raises(ValueError, match="filter_weighting"):
-        bench.main(args + ["--set", "filter_weighting=best", "--output", str(tmp_path / "bad.json")])
+        bench.main(args + ["--set", "filter_weighting=best", "--output", str(cache.parent / "bad.json")])
     with pytest.raises(ValueError, match="filter_keep"):
-        bench.main(args + ["--set", "filter_keep=17", "--output", str(tmp_path / "bad.json")])
+        bench.main(args + ["--set", "filter_keep=17", "--output", str(cache.parent / "bad.json")])
