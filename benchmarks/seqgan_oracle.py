@@ -346,12 +346,25 @@ def packed_rows(oracle_ids):
     return np.concatenate([prompt, ids], axis=1)
 
 
-def _per_policy(policy, name, graph):
-    """One `tf.function` of `graph` per policy (each traces once, no retracing warnings)."""
-    function = getattr(policy, name, None)
-    if function is None:
-        function = tf.function(lambda *args: graph(policy, *args), reduce_retracing=True)
-        object.__setattr__(policy, name, function)  # not tracked by Keras
+_TWINS = {}
+
+
+def _traced_for(policy, graph):
+    """`graph` as one `tf.function` per architecture, reading `policy`'s current weights.
+
+    Every method's generator (and the MLE one) has the same architecture, so
+    sampling and scoring are traced once per process instead of once per
+    generator: the function reads a twin of that architecture, and the
+    policy's weights are copied into it first (a few hundred thousand
+    floats, far cheaper than a trace).
+    """
+    key = (graph.__name__, type(policy).__name__, json.dumps(policy.get_config(), sort_keys=True, default=str))
+    if key not in _TWINS:
+        twin = type(policy).from_config(policy.get_config())
+        twin(np.zeros((1, 1), np.int32))  # builds every weight
+        _TWINS[key] = twin, tf.function(lambda *args: graph(twin, *args), reduce_retracing=True)
+    twin, function = _TWINS[key]
+    twin.set_weights(policy.get_weights())
     return function
 
 
@@ -373,10 +386,10 @@ def generator_sample(policy, n, temperature=1.0, seed=0, stream=0, batch_size=20
     Stateless: the same policy weights and `(seed, stream)` give the same samples.
     """
     chunks = []
+    sample = _traced_for(policy, _generator_sample_graph)
     for k, start in enumerate(range(0, n, batch_size)):
         size = min(batch_size, n - start)
         key = tf.constant([seed, stream * 1_000_000 + k * 1000], tf.int32)
-        sample = _per_policy(policy, "_seqgan_sample", _generator_sample_graph)
         ids = sample(tf.constant(size), tf.constant(float(temperature)), key)
         chunks.append(to_oracle_ids(ids.numpy()))
     return np.concatenate(chunks)
@@ -393,7 +406,7 @@ def _generator_nll_graph(policy, packed, temperature):
 def generator_nll(policy, oracle_ids, temperature=1.0, batch_size=1000):
     """The generator's NLL per token of oracle sequences (NLL-test), logits / temperature."""
     packed = packed_rows(check_oracle_ids(oracle_ids))
-    nll_sum = _per_policy(policy, "_seqgan_nll", _generator_nll_graph)
+    nll_sum = _traced_for(policy, _generator_nll_graph)
     total = sum(float(nll_sum(tf.constant(packed[i:i + batch_size]), tf.constant(float(temperature))))
                 for i in range(0, len(packed), batch_size))
     return total / packed[:, -LENGTH:].size

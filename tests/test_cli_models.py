@@ -9,6 +9,8 @@ greedy replies with what `keras-selffb generate` prints, and its scores with
 the package's teacher-forced scoring.
 """
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -69,9 +71,14 @@ def _generate(run, capsys, *flags):
 
 
 def _trained(tmp_path_factory, name, *flags, settings=None):
+    """A finished run; what `train` printed is kept beside it (`train.out`), with its argv (`argv.json`)."""
     directory = tmp_path_factory.mktemp(name)
     run, argv = _train(directory, *flags, settings=settings)
-    assert main(argv) == 0
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(argv) == 0
+    (directory / "train.out").write_text(printed.getvalue(), encoding="utf-8")
+    (directory / "argv.json").write_text(json.dumps(argv), encoding="utf-8")
     return run
 
 
@@ -193,10 +200,11 @@ def test_transformer_run_goes_through_the_whole_pipeline(kind, gpt2_run, llama_r
 
 
 @pytest.mark.slow
-def test_report_names_the_model_and_a_changed_model_is_refused(tmp_path, capsys):
-    run, argv = _train(tmp_path, "--model", "gpt2", settings={"feedback_rounds": 0, "epochs": 1})
-    assert main(argv) == 0
-    out = capsys.readouterr().out
+def test_report_names_the_model_and_a_changed_model_is_refused(gpt2_run, capsys):
+    run = gpt2_run
+    argv = json.loads((run.parent / "argv.json").read_text(encoding="utf-8"))
+    assert argv[-2:] == ["--model", "gpt2"]
+    out = (run.parent / "train.out").read_text(encoding="utf-8")
     parameters = _metrics(run)["model"]["parameters"]
     assert f"model: gpt2, {parameters:,} parameters" in out
     # Model settings are not resume-free: the run refuses another model, changing nothing.
