@@ -283,24 +283,21 @@ def test_set_overrides_are_typed_and_checked(bench):
         bench.main(["--quick", "--set", "nonsense=1"])
 
 
-def tiny_config(bench, temperature):
-    """The quick protocol shrunk to seconds: every piece runs, nothing is learned."""
-    return {
-        **bench.QUICK,
-        "num_train": 48, "num_test": 32, "num_eval": 32, "mle_epochs": 1, "eval_every": 1,
-        "rounds": 1, "eval_every_round": 1, "prompts_per_step": 4, "num_samples": 2,
-        "disc_pretrain_epochs": 1, "disc_samples": 16, "disc_batch_size": 16,
-        "temperatures": [temperature], "num_temperature_eval": 16, "rollouts": 2,
-    }
-
-
 # Every method (the default ones and those that run only on request) in one
 # tiny run of two rounds with a cached MLE generator. Each method starts from
 # the same MLE generator with its own seed (`self_feedback`), so its curve is
 # what a run of it alone gives; the tests below read these curves and compare
 # some with reruns that load the cache.
 def shared_config(bench):
-    return {**tiny_config(bench, 1.0), "rounds": 2, "filter_samples": 16, "filter_keep": 4}
+    """The quick protocol shrunk to seconds: every piece runs, nothing is learned."""
+    return {
+        **bench.QUICK,
+        "num_train": 48, "num_test": 32, "num_eval": 32, "mle_epochs": 1, "eval_every": 1,
+        "rounds": 2, "eval_every_round": 1, "prompts_per_step": 4, "num_samples": 2,
+        "disc_pretrain_epochs": 1, "disc_samples": 16, "disc_batch_size": 16,
+        "temperatures": [1.0], "num_temperature_eval": 16, "rollouts": 2,
+        "filter_samples": 16, "filter_keep": 4,
+    }
 
 
 def shared_args(cache, *methods):
@@ -313,7 +310,8 @@ def shared_run(bench, tmp_path_factory):
     root = tmp_path_factory.mktemp("shared")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(bench, "QUICK", shared_config(bench))
-        results = bench.main(shared_args(root / "cache", *bench.METHODS, *bench.ON_REQUEST) + ["--output", str(root / "all.json")])
+        args = shared_args(root / "cache", *bench.METHODS, *bench.ON_REQUEST)
+        results = bench.main(args + ["--output", str(root / "all.json")])
     return results, root / "cache"
 
 
