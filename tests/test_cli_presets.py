@@ -111,9 +111,45 @@ def test_preset_lora_trains_only_the_query_value_kernels_from_the_preset(runs):
     assert changed and all(("query" in p or "value" in p) and "kernel" in p for p in changed), changed
 
 
+SERVE_SCRIPT = textwrap.dedent(
+    """
+    import importlib.abc, json, sys
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("keras_selffb", "keras_hub"):
+                raise ImportError(f"{name} was imported while serving")
+    sys.meta_path.insert(0, Block())
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401 - the preset tokenizers' ops
+    prompts = tf.constant(json.loads(sys.argv[2]))
+    out = {}
+    for kind, path in json.loads(sys.argv[1]).items():
+        loaded = tf.saved_model.load(path)  # held: a dropped object's variables are freed
+        replies = loaded.generate(prompts)["replies"]
+        out[kind] = [r.decode("utf-8") for r in replies.numpy()]
+    print(json.dumps(out, ensure_ascii=False))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def served(runs, tmp_path_factory):
+    """`keras-selffb export` of every run, and the greedy replies one fresh interpreter serves from them."""
+    out = tmp_path_factory.mktemp("exports")
+    paths = {}
+    for kind, (_, run) in runs.items():
+        paths[kind] = str(out / kind)
+        assert main(["export", "--run", str(run), "--output", paths[kind]]) == 0
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    result = subprocess.run([sys.executable, "-c", SERVE_SCRIPT, json.dumps(paths), json.dumps(PROMPTS)],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
-def test_generate_and_export_serve_a_preset_run(kind, runs, capsys, tmp_path):
+def test_generate_and_export_serve_a_preset_run(kind, runs, served, capsys):
     _, run = runs[kind]
     capsys.readouterr()
     assert main(["generate", "--run", str(run), *PROMPTS]) == 0
@@ -122,29 +158,7 @@ def test_generate_and_export_serve_a_preset_run(kind, runs, capsys, tmp_path):
     policy, tokenizer, config = load_run(str(run))
     replies = ResponseGenerator(policy, tokenizer, config.prompt_length, config.response_length)(PROMPTS)
     assert lines[1::2] == [printable(r) for r in replies]
-
-    exported = tmp_path / "export"
-    assert main(["export", "--run", str(run), "--output", str(exported)]) == 0
-    script = textwrap.dedent(
-        """
-        import importlib.abc, json, sys
-        class Block(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in ("keras_selffb", "keras_hub"):
-                    raise ImportError(f"{name} was imported while serving")
-        sys.meta_path.insert(0, Block())
-        import tensorflow as tf
-        import tensorflow_text  # noqa: F401 - the preset tokenizers' ops
-        loaded = tf.saved_model.load(sys.argv[1])
-        replies = loaded.generate(tf.constant(json.loads(sys.argv[2])))["replies"]
-        print(json.dumps([r.decode("utf-8") for r in replies.numpy()], ensure_ascii=False))
-        """
-    )
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    result = subprocess.run([sys.executable, "-c", script, str(exported), json.dumps(PROMPTS)],
-                            capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == replies
+    assert served[kind] == replies
 
 
 @pytest.mark.parametrize("settings, message", [

@@ -315,6 +315,25 @@ def shared_run(bench, tmp_path_factory):
     return results, root / "cache"
 
 
+@pytest.fixture(scope="module")
+def rerun(bench, shared_run):
+    """`(results, mle_trainings)`: one rerun from the shared run's MLE cache, for two checks at once.
+
+    The batch-mean control runs with the shared run's settings (the cache
+    must give its numbers again); the filtered method weights its kept
+    samples by score (`filter_weighting` applies to that method only).
+    """
+    _, cache = shared_run
+    trained = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(bench, "QUICK", shared_config(bench))
+        real_train_mle = bench.train_mle
+        patch.setattr(bench, "train_mle", lambda *a, **k: trained.append(1) or real_train_mle(*a, **k))
+        args = shared_args(cache, "reinforce_discriminator_seqgan_batch_mean", "filtered_discriminator")
+        results = bench.main(args + ["--set", "filter_weighting=reward", "--output", str(cache.parent / "rerun.json")])
+    return results, trained
+
+
 def test_benchmark_runs_end_to_end_on_tiny_sizes(bench, shared_run, monkeypatch):
     results, cache = shared_run
     saved = json.loads((cache.parent / "all.json").read_text())
@@ -365,15 +384,11 @@ def test_benchmark_refuses_unknown_methods(bench):
         bench.run(bench.QUICK, 0, True, methods=("seqgan",))
 
 
-def test_mle_cache_reuses_the_generator_and_gives_the_same_results(bench, shared_run, monkeypatch):
+def test_mle_cache_reuses_the_generator_and_gives_the_same_results(bench, shared_run, rerun, monkeypatch):
     first, cache = shared_run
     assert (cache / "mle_seed3.weights.h5").exists() and (cache / "mle_seed3.json").exists()
-    monkeypatch.setattr(bench, "QUICK", shared_config(bench))
-    trained = []
-    real_train_mle = bench.train_mle
-    monkeypatch.setattr(bench, "train_mle", lambda *a, **k: trained.append(1) or real_train_mle(*a, **k))
+    second, trained = rerun
     method = "reinforce_discriminator_seqgan_batch_mean"
-    second = bench.main(shared_args(cache, method) + ["--output", str(cache.parent / "b.json")])
     assert not trained  # loaded, not trained again
     assert second["mle"] == first["mle"]
     for key in ("nll_oracle", "nll_test", "reward"):
@@ -532,13 +547,14 @@ def test_filtered_self_training_moves_the_policy_toward_what_the_evaluator_prefe
     assert after > first + 0.1
 
 
-def test_filtered_method_runs_on_request_and_checks_its_settings(bench, shared_run, monkeypatch):
+def test_filtered_method_runs_on_request_and_checks_its_settings(bench, shared_run, rerun, monkeypatch):
     method = "filtered_discriminator"
     assert method in bench.ON_REQUEST and method not in bench.METHODS
     uniform, cache = shared_run
+    weighted, _ = rerun
+    assert weighted["config"]["filter_weighting"] == "reward" and uniform["config"]["filter_weighting"] == "uniform"
     monkeypatch.setattr(bench, "QUICK", shared_config(bench))
     args = shared_args(cache, method)
-    weighted = bench.main(args + ["--set", "filter_weighting=reward", "--output", str(cache.parent / "w.json")])
     for results in (uniform, weighted):
         curve = results["methods"][method]
         assert curve["round"] == [0, 1, 2] and np.isfinite(curve["nll_oracle"]).all()
