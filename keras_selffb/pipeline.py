@@ -20,7 +20,8 @@ Everything a run produces goes to its run directory:
 A run that is killed (even with SIGKILL) resumes when the same command is
 run again, from its last checkpoint: the last finished MLE epoch, or inside
 the self-feedback loop the last finished round, epoch of a round, or set of
-scored candidates. Every random draw is derived from the seed and the
+scored candidates; a finished contrastive stage is loaded, not trained
+again (`checkpoints/contrastive/`). Every random draw is derived from the seed and the
 epoch/round number, so a resumed run ends with the same numbers as an
 uninterrupted one (tests/test_resume.py checks this with SIGKILL).
 Settings that differ from the run directory's `config.yaml`, and data
@@ -54,7 +55,9 @@ from keras_selffb.models.causal_lm_policy import KINDS as CAUSAL_LM_KINDS
 from keras_selffb.text import PresetTokenizer, make_dataset, pack_pairs, save_tokenizer, train_tokenizer
 from keras_selffb.loop import SelfFeedbackLoop
 from keras_selffb.training import MLETrainer, run_contrastive_stage, unigram_perplexity
-from keras_selffb.training.checkpoint import epoch_order, fit_resumable, write_json
+from keras_selffb.training.checkpoint import (
+    epoch_order, fit_resumable, load_arrays, read_json, save_arrays, write_json,
+)
 from keras_selffb.plots import plot_curves, plot_rounds, rounds_figure  # noqa: F401 (rounds_figure: public here too)
 from keras_selffb.run_directory import (  # noqa: F401 (re-exported: the run directory's API)
     CHECKPOINT_DIR,
@@ -550,13 +553,26 @@ def _run_train(config, verbose, fresh, callbacks=()):
     else:
         evaluation = {"mle": evaluate()}
     if config.contrastive_epochs > 0:
-        report["contrastive"] = run_contrastive_stage(
-            generator, train_packed=train_packed, validation_packed=validation_packed,
-            epochs=config.contrastive_epochs, seed=config.seed, mode=config.contrastive_mode,
-            verbose=_verbosity(verbose),
-        )
-        if config.contrastive_mode == "sequence_likelihood":  # the policy changed
-            evaluation["contrastive"] = evaluate()
+        stage_dir = os.path.join(run_dir, CHECKPOINT_DIR, "contrastive")
+        done = read_json(os.path.join(stage_dir, "stage.json"))
+        if done is not None:  # written last: the stage's policy is on disk
+            print("contrastive stage already finished: loading its policy")
+            load_arrays(os.path.join(stage_dir, "policy.npz"), policy.weights, "policy")
+            report["contrastive"] = done["report"]
+        else:
+            report["contrastive"] = run_contrastive_stage(
+                generator, train_packed=train_packed, validation_packed=validation_packed,
+                epochs=config.contrastive_epochs, seed=config.seed, mode=config.contrastive_mode,
+                verbose=_verbosity(verbose),
+            )
+            done = {"report": report["contrastive"]}
+            if config.contrastive_mode == "sequence_likelihood":  # the policy changed
+                done["evaluation"] = evaluate()
+            os.makedirs(stage_dir, exist_ok=True)
+            save_arrays(os.path.join(stage_dir, "policy.npz"), policy.weights)
+            write_json(os.path.join(stage_dir, "stage.json"), done)
+        if "evaluation" in done:
+            evaluation["contrastive"] = done["evaluation"]
     report["validation"] = evaluation
     save_policy(policy, os.path.join(run_dir, POLICY_FILE))
 

@@ -3,6 +3,8 @@
 import json
 import os
 
+import keras
+import numpy as np
 import pytest
 import yaml
 
@@ -76,12 +78,19 @@ def test_train_then_generate(tmp_path, data_file, capsys):
     assert out.count("  after MLE:    ") == 2 and out.count("  after rounds: ") == 2
     assert "judge@20" in out and "selfBLEU" in out
 
-    # Run again: the finished MLE stage is loaded, not retrained, and the
-    # finished rounds are not run again.
+    # Run again: the finished MLE stage is loaded, not retrained, the
+    # finished rounds are not run again, nor is the contrastive stage; the
+    # report and the final policy are the same.
+    final = keras.saving.load_model(run / "policy.keras").get_weights()
     assert main(["train", "--config", str(config), "--data", str(data_file),
                  "--output", str(run), "--epochs", "6", "--seed", "3"]) == 0
     out = capsys.readouterr().out
     assert "MLE stage already finished" in out and "resuming after round 1" in out
+    assert "contrastive stage already finished" in out
+    again = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    assert again["contrastive"] == report["contrastive"] and again["validation"] == report["validation"]
+    for a, b in zip(keras.saving.load_model(run / "policy.keras").get_weights(), final):
+        np.testing.assert_array_equal(a, b)
 
     assert main(["generate", "--run", str(run), "hello 3", "你好 5"]) == 0
     out = capsys.readouterr().out.splitlines()
