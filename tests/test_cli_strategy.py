@@ -1,15 +1,19 @@
 """`keras-selffb train --strategy mirrored` on 2 logical CPUs equals the default run.
 
-Run in subprocesses: logical devices must be configured before TensorFlow
-initialises, and the test process already holds its own strategy.
+The mirrored run is a subprocess: the test process already holds its own
+MirroredStrategy, and two in one process can collide on collective keys.
 """
 
+import contextlib
+import io
 import json
 import subprocess
 import sys
 
 import pytest
 import yaml
+
+from keras_selffb.cli import main
 
 SCRIPT = """
 import sys, tensorflow as tf
@@ -31,16 +35,21 @@ def test_mirrored_cli_run_equals_default(tmp_path):
               "feedback_rounds": 0, "judge_epochs": 0, "reward_judge": 0.0}  # the MLE stage is what is compared
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
     reports, outputs = {}, {}
-    for strategy in ("default", "mirrored"):
-        run = tmp_path / strategy
-        result = subprocess.run(
-            [sys.executable, "-c", SCRIPT, "train", "--config", str(tmp_path / "c.yaml"), "--data",
-             str(tmp_path / "pairs.jsonl"), "--output", str(run), "--strategy", strategy],
-            capture_output=True, text=True, timeout=600,
-        )
-        assert result.returncode == 0, result.stderr[-3000:]
-        outputs[strategy] = result.stdout
-        reports[strategy] = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    argv = ["train", "--config", str(tmp_path / "c.yaml"), "--data", str(tmp_path / "pairs.jsonl")]
+    # The default run in this process (its TensorFlow, too, has two logical
+    # CPUs); the mirrored one in a fresh process, which builds its own strategy.
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(argv + ["--output", str(tmp_path / "default"), "--strategy", "default"]) == 0
+    outputs["default"] = printed.getvalue()
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT, *argv, "--output", str(tmp_path / "mirrored"), "--strategy", "mirrored"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    outputs["mirrored"] = result.stdout
+    for strategy in outputs:
+        reports[strategy] = json.loads((tmp_path / strategy / "metrics.json").read_text(encoding="utf-8"))
     assert "MirroredStrategy, 2 replica(s)" in outputs["mirrored"]
     assert "1 replica(s)" in outputs["default"]
     for key in ("validation_perplexity", "test_perplexity"):
